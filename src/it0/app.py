@@ -1,0 +1,134 @@
+"""``create_app``: the FastAPI application of the roles this process runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import delete, select
+
+from it0 import __version__
+from it0.audit import install_audit_guard
+from it0.audit.api import router as audit_router
+from it0.auth.api import router as auth_router
+from it0.auth.deps import PlatformDep, public
+from it0.auth.models import LoginThrottle, RefreshToken, Tenant
+from it0.core.clock import utcnow
+from it0.core.http import Metrics, RequestMiddleware, install_error_handlers
+from it0.core.settings import ALL_ROLES, Role, Settings
+from it0.platform import Platform
+
+log = logging.getLogger("it0")
+
+
+def create_app(
+    settings: Settings | None = None,
+    roles: Iterable[Role] = ALL_ROLES,
+    platform: Platform | None = None,
+) -> FastAPI:
+    """Build the app; ``platform`` may be passed in by tests that share one."""
+    settings = settings or (platform.settings if platform else Settings())
+    roles = frozenset(roles)
+    install_audit_guard()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = platform is None
+        p = platform or Platform.create(settings)
+        app.state.platform = p
+        await p.bus.start()
+        loops = []
+        if "scheduler" in roles:
+            loops.append(asyncio.create_task(_housekeeping(p), name="it0-housekeeping"))
+        log.info("started", extra={"actor": ",".join(sorted(roles))})
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await checkpoint_all(p)
+            if owned:
+                await p.close()
+
+    app = FastAPI(
+        title="IT0",
+        version=__version__,
+        description="AI-powered operations platform for server clusters, with people in control.",
+        lifespan=lifespan,
+    )
+    app.state.roles = roles
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+
+    @app.get("/healthz", tags=["ops"], dependencies=[public])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], dependencies=[public])
+    async def readyz(p: PlatformDep) -> JSONResponse:
+        """The database (and Redis, when configured) answer."""
+        checks: dict[str, str] = {}
+        for name, probe in (("database", p.db.ping), ("bus", p.bus.ping)):
+            try:
+                await asyncio.wait_for(probe(), timeout=3)
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                checks[name] = f"unavailable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["ops"], dependencies=[public], include_in_schema=False)
+    async def prometheus(request: Request, p: PlatformDep) -> Response:
+        with contextlib.suppress(Exception):
+            for (topic, group), lag in (await p.bus.lag()).items():
+                metrics.bus_lag.labels(topic, group).set(lag)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if "api" in roles:
+        app.include_router(auth_router)
+        app.include_router(audit_router)
+    return app
+
+
+async def checkpoint_all(p: Platform) -> int:
+    """Sign the head of every tenant's chain that moved since its last checkpoint."""
+    written = 0
+    try:
+        async with p.db.session() as session:
+            tenants = (await session.execute(select(Tenant.slug, Tenant.schema_name))).tuples().all()
+        for slug, schema in tenants:
+            async with p.db.session(schema, write=True) as session:
+                if await p.audit.checkpoint(session, (slug, schema)) is not None:
+                    written += 1
+    except Exception:  # shutdown must finish even when the database is gone
+        log.exception("audit checkpoint at shutdown failed")
+    return written
+
+
+async def _housekeeping(p: Platform, every: float = 300.0) -> None:
+    """Drop expired refresh tokens and stale login-failure windows."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            now = utcnow()
+            window = timedelta(seconds=p.settings.login_failure_window)
+            async with p.db.session(write=True) as session:
+                await session.execute(delete(RefreshToken).where(RefreshToken.expires_at < now))
+                await session.execute(
+                    delete(LoginThrottle).where(LoginThrottle.window_start < now - window)
+                )
+        except Exception:
+            log.exception("housekeeping failed")

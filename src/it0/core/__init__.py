@@ -1,0 +1,1 @@
+"""Shared kernel: settings, database and tenancy, event bus, security primitives, errors."""

@@ -1,0 +1,206 @@
+"""Database engine, model bases and tenant binding.
+
+Platform tables (tenants, users, memberships, tokens) live in the schema named
+``platform`` in the models; every other table lives in the placeholder schema ``tenant``.
+Neither name exists in the database: a session translates them (SQLAlchemy
+``schema_translate_map``) to the real platform schema and to exactly one tenant's schema.
+A session that was not bound to a tenant therefore fails on any tenant table instead of
+reaching the wrong one.
+
+On PostgreSQL each tenant is a schema. On SQLite each tenant is a database file under
+``<data_dir>/tenants/`` that is attached, under the tenant's schema name, to the connection
+that serves the session; any other tenant attached earlier is detached first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+from it0.core.settings import Settings
+
+PLATFORM = "platform"
+TENANT = "tenant"
+PG_PLATFORM_SCHEMA = "it0"
+
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_SCHEMA_RE = re.compile(r"^t_[a-z][a-z0-9_]{0,48}$")
+
+
+class PlatformBase(DeclarativeBase):
+    metadata = MetaData(schema=PLATFORM, naming_convention=_NAMING)
+
+
+class TenantBase(DeclarativeBase):
+    metadata = MetaData(schema=TENANT, naming_convention=_NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC, also on SQLite (which stores no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def tenant_schema_name(slug: str) -> str:
+    """The schema (PostgreSQL) or attached database name (SQLite) of a tenant."""
+    name = "t_" + slug.replace("-", "_")
+    if not _SCHEMA_RE.match(name):
+        raise ValueError(f"invalid tenant slug {slug!r}")
+    return name
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_*lock`` derived from a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class Database:
+    """The engine and the sessions bound to the platform schema or one tenant."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.is_sqlite = settings.is_sqlite
+        if self.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self.tenant_dir.mkdir(parents=True, exist_ok=True)
+            url = settings.database_url or f"sqlite+aiosqlite:///{settings.data_dir / 'platform.db'}"
+            self.engine: AsyncEngine = create_async_engine(url, pool_size=8, max_overflow=8)
+            _install_sqlite_hooks(self.engine, self.tenant_dir)
+            self.platform_schema: str | None = None
+        else:
+            assert settings.database_url is not None
+            self.engine = create_async_engine(
+                settings.database_url, pool_size=10, max_overflow=10, pool_pre_ping=True
+            )
+            self.platform_schema = PG_PLATFORM_SCHEMA
+        self._makers: dict[tuple[str | None, bool], async_sessionmaker[AsyncSession]] = {}
+
+    @property
+    def tenant_dir(self) -> Path:
+        return self.settings.data_dir / "tenants"
+
+    def translate_map(self, tenant_schema: str | None) -> dict[str | None, str | None]:
+        mapping: dict[str | None, str | None] = {PLATFORM: self.platform_schema}
+        if tenant_schema is not None:
+            if not _SCHEMA_RE.match(tenant_schema):
+                raise ValueError(f"invalid tenant schema {tenant_schema!r}")
+            mapping[TENANT] = tenant_schema
+        return mapping
+
+    def bind(self, tenant_schema: str | None, *, write: bool = False) -> AsyncEngine:
+        """An engine view whose connections are bound to the platform and one tenant schema.
+
+        ``write`` starts SQLite transactions with ``BEGIN IMMEDIATE`` so that writers queue
+        for the lock up front instead of failing half-way when a reader upgrades.
+        """
+        return self.engine.execution_options(
+            schema_translate_map=self.translate_map(tenant_schema),
+            it0_tenant_schema=tenant_schema,
+            it0_write=write,
+        )
+
+    def sessionmaker(
+        self, tenant_schema: str | None, *, write: bool = False
+    ) -> async_sessionmaker[AsyncSession]:
+        key = (tenant_schema, write)
+        maker = self._makers.get(key)
+        if maker is None:
+            maker = async_sessionmaker(
+                self.bind(tenant_schema, write=write), expire_on_commit=False, autoflush=False
+            )
+            self._makers[key] = maker
+        return maker
+
+    @asynccontextmanager
+    async def session(
+        self, tenant_schema: str | None = None, *, write: bool = False
+    ) -> AsyncIterator[AsyncSession]:
+        """A session that commits when the block ends normally and rolls back otherwise."""
+        async with self.sessionmaker(tenant_schema, write=write)() as session:
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, tenant_dir: Path) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's own implicit
+        # transactions would defeat BEGIN IMMEDIATE and break ATTACH).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA busy_timeout=10000",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        _attach_only(conn, options.get("it0_tenant_schema"), tenant_dir)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("it0_write") else "BEGIN")
+
+
+def _attach_only(conn: Connection, schema: str | None, tenant_dir: Path) -> None:
+    """Attach ``schema``'s database file and detach every other tenant (outside a transaction)."""
+    attached: set[str] = conn.info.setdefault("it0_attached", set())
+    for other in sorted(attached - {schema} if schema else attached):
+        conn.exec_driver_sql(f'DETACH DATABASE "{other}"')
+        attached.discard(other)
+    if schema is None or schema in attached:
+        return
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"invalid tenant schema {schema!r}")
+    path = tenant_dir / f"{schema}.db"
+    if not path.exists() and not conn.get_execution_options().get("it0_create_tenant"):
+        raise LookupError(f"tenant database {path.name} does not exist")
+    conn.exec_driver_sql(f"ATTACH DATABASE ? AS \"{schema}\"", (str(path),))
+    conn.exec_driver_sql(f'PRAGMA "{schema}".journal_mode=WAL')
+    attached.add(schema)

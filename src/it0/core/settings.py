@@ -1,0 +1,68 @@
+"""Platform settings, read from the environment (prefix ``IT0_``) and built once per app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["api", "worker", "scheduler", "voice"]
+ALL_ROLES: tuple[Role, ...] = ("api", "worker", "scheduler", "voice")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IT0_", extra="ignore")
+
+    data_dir: Path = Path(".it0")
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql+asyncpg://... for the scaled-out setup; SQLite under data_dir if unset",
+    )
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+
+    admin_password: SecretStr | None = None
+    signing_key_file: Path | None = None
+    audit_key_file: Path | None = None
+
+    access_token_ttl: int = Field(default=900, ge=30, description="seconds")
+    refresh_token_ttl: int = Field(default=30 * 86400, ge=60, description="seconds")
+
+    login_max_failures: int = Field(default=5, ge=1)
+    login_failure_window: int = Field(default=300, ge=1, description="seconds")
+    login_max_failures_per_ip: int = Field(default=50, ge=1)
+
+    # argon2id cost; the defaults follow RFC 9106's second recommended option
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    audit_checkpoint_every: int = Field(default=1000, ge=1)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("IT0_DATABASE_URL must start with postgresql+asyncpg:// ")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url is None or self.database_url.startswith("sqlite")
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "keys" / "signing.key"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.audit_key_file or self.data_dir / "keys" / "audit-checkpoint.key"

@@ -1,0 +1,3 @@
+from it0.core.migrate import run_env
+
+run_env()
