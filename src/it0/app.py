@@ -67,6 +67,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.roles = roles
+    if platform is not None:  # usable without running the lifespan (in-process test clients)
+        app.state.platform = platform
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)
