@@ -86,11 +86,13 @@ def create_app(
             try:
                 await asyncio.wait_for(probe(), timeout=3)
                 checks[name] = "ok"
-            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            except Exception as exc:
                 checks[name] = f"unavailable: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
 
     @app.get("/metrics", tags=["ops"], dependencies=[public], include_in_schema=False)
     async def prometheus(request: Request, p: PlatformDep) -> Response:
@@ -110,7 +112,9 @@ async def checkpoint_all(p: Platform) -> int:
     written = 0
     try:
         async with p.db.session() as session:
-            tenants = (await session.execute(select(Tenant.slug, Tenant.schema_name))).tuples().all()
+            tenants = (
+                (await session.execute(select(Tenant.slug, Tenant.schema_name))).tuples().all()
+            )
         for slug, schema in tenants:
             async with p.db.session(schema, write=True) as session:
                 if await p.audit.checkpoint(session, (slug, schema)) is not None:

@@ -87,8 +87,13 @@ def _remote(url: str, key: str | None, method: str, path: str, **kwargs: Any) ->
         err.print("[red]error:[/red] --url needs an API key (--key or IT0_API_KEY)")
         raise typer.Exit(2)
     try:
-        response = httpx.request(method, url.rstrip("/") + path, timeout=30,
-                                 headers={"Authorization": f"Bearer {key}"}, **kwargs)
+        response = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            timeout=30,
+            headers={"Authorization": f"Bearer {key}"},
+            **kwargs,
+        )
     except httpx.HTTPError as exc:
         err.print(f"[red]error:[/red] cannot reach {url}: {exc}")
         raise typer.Exit(2) from None
@@ -120,7 +125,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
     data_dir: DataDir = None,
-    roles: Annotated[str, typer.Option(help="comma-separated: api,worker,scheduler,voice")] = ",".join(ALL_ROLES),
+    roles: Annotated[
+        str, typer.Option(help="comma-separated: api,worker,scheduler,voice")
+    ] = ",".join(ALL_ROLES),
     migrate: Annotated[bool, typer.Option(help="apply migrations and bootstrap first")] = True,
 ) -> None:
     """Start the platform (every role in one process by default)."""
@@ -140,22 +147,31 @@ def serve(
     chosen = [r.strip() for r in roles.split(",") if r.strip()]
     unknown = [r for r in chosen if r not in ALL_ROLES]
     if unknown or not chosen:
-        err.print(f"[red]error:[/red] unknown role(s) {unknown}; choose from {', '.join(ALL_ROLES)}")
+        err.print(
+            f"[red]error:[/red] unknown role(s) {unknown}; choose from {', '.join(ALL_ROLES)}"
+        )
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_json)
     if migrate:
         result = _run(bootstrap, settings.data_dir)
         if result.admin_password:
             err.print(
-                "\n[bold green]IT0 is set up.[/bold green] Tenant [bold]default[/bold], user "
-                f"[bold]admin[/bold], password: [bold yellow]{result.admin_password}[/bold yellow]\n"
+                "\n[bold green]IT0 is set up.[/bold green] Tenant [bold]default[/bold], "
+                f"user [bold]admin[/bold], password: [bold yellow]{result.admin_password}"
+                "[/bold yellow]\n"
                 "This password is shown once; change it with `it0 user passwd admin`.\n",
                 highlight=False,
             )
     typed_roles: list[Role] = [r for r in ALL_ROLES if r in chosen]
     application = create_app(settings, typed_roles)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, proxy_headers=False)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 @app.command()
@@ -175,9 +191,12 @@ def migrate(data_dir: DataDir = None) -> None:
 
 @tenant_app.command("create")
 def tenant_create(
-    slug: str, name: Annotated[str, typer.Option(help="display name")] = "",
+    slug: str,
+    name: Annotated[str, typer.Option(help="display name")] = "",
     owner: Annotated[str | None, typer.Option(help="username to make owner")] = None,
-    data_dir: DataDir = None, url: Url = None, key: Key = None,
+    data_dir: DataDir = None,
+    url: Url = None,
+    key: Key = None,
 ) -> None:
     """Create a tenant and its schema."""
     if url:
@@ -204,7 +223,9 @@ def tenant_create(
 
 
 @tenant_app.command("list")
-def tenant_list(data_dir: DataDir = None, url: Url = None, key: Key = None, as_json: JsonOut = False) -> None:
+def tenant_list(
+    data_dir: DataDir = None, url: Url = None, key: Key = None, as_json: JsonOut = False
+) -> None:
     """List tenants."""
     if url:
         rows = _remote(url, key, "GET", "/api/v1/tenants")
@@ -212,8 +233,10 @@ def tenant_list(data_dir: DataDir = None, url: Url = None, key: Key = None, as_j
         from it0.auth.service import list_tenants
 
         async def work(p: Any) -> list[dict[str, Any]]:
-            return [{"slug": t.slug, "name": t.name, "created_at": t.created_at}
-                    for t in await list_tenants(p)]
+            return [
+                {"slug": t.slug, "name": t.name, "created_at": t.created_at}
+                for t in await list_tenants(p)
+            ]
 
         rows = _run(work, data_dir)
     _table(rows, ["slug", "name", "created_at"], as_json)
@@ -246,8 +269,11 @@ def _new_password(prompt: bool) -> str:
 
 @user_app.command("add")
 def user_add(
-    username: str, tenant: TenantOpt = "default",
-    role: Annotated[str, typer.Option(help="owner, admin, operator, viewer or a custom role")] = "viewer",
+    username: str,
+    tenant: TenantOpt = "default",
+    role: Annotated[
+        str, typer.Option(help="owner, admin, operator, viewer or a custom role")
+    ] = "viewer",
     prompt: Annotated[bool, typer.Option("--prompt-password", help="type the password")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -260,8 +286,17 @@ def user_add(
     async def work(p: Any) -> None:
         ref = await _tenant_ref(p, tenant)
         async with p.db.session(ref.schema, write=True) as session:
-            await add_member(p, session, ref, _cli_actor(), username=username, password=password,
-                             role=role, granter=TENANT_PERMISSIONS, may_adopt=True)
+            await add_member(
+                p,
+                session,
+                ref,
+                _cli_actor(),
+                username=username,
+                password=password,
+                role=role,
+                granter=TENANT_PERMISSIONS,
+                may_adopt=True,
+            )
 
     _run(work, data_dir)
     out.print(f"added [bold]{username}[/bold] to {tenant} as {role}")
@@ -270,8 +305,13 @@ def user_add(
 
 
 @user_app.command("list")
-def user_list(tenant: TenantOpt = "default", data_dir: DataDir = None, url: Url = None,
-              key: Key = None, as_json: JsonOut = False) -> None:
+def user_list(
+    tenant: TenantOpt = "default",
+    data_dir: DataDir = None,
+    url: Url = None,
+    key: Key = None,
+    as_json: JsonOut = False,
+) -> None:
     """List the members of a tenant."""
     if url:
         rows = _remote(url, key, "GET", "/api/v1/users")
@@ -281,17 +321,27 @@ def user_list(tenant: TenantOpt = "default", data_dir: DataDir = None, url: Url 
         async def work(p: Any) -> list[dict[str, Any]]:
             ref = await _tenant_ref(p, tenant)
             async with p.db.session(ref.schema) as session:
-                return [{"username": u.username, "role": r, "is_active": u.is_active,
-                         "created_at": u.created_at} for u, r in await members(session, ref.id)]
+                return [
+                    {
+                        "username": u.username,
+                        "role": r,
+                        "is_active": u.is_active,
+                        "created_at": u.created_at,
+                    }
+                    for u, r in await members(session, ref.id)
+                ]
 
         rows = _run(work, data_dir)
     _table(rows, ["username", "role", "is_active", "created_at"], as_json)
 
 
 @user_app.command("passwd")
-def user_passwd(username: str, tenant: TenantOpt = "default",
-                generate: Annotated[bool, typer.Option(help="generate and print one")] = False,
-                data_dir: DataDir = None) -> None:
+def user_passwd(
+    username: str,
+    tenant: TenantOpt = "default",
+    generate: Annotated[bool, typer.Option(help="generate and print one")] = False,
+    data_dir: DataDir = None,
+) -> None:
     """Set a user's password."""
     from sqlalchemy import select
 
@@ -321,17 +371,29 @@ def user_passwd(username: str, tenant: TenantOpt = "default",
 
 @apikey_app.command("create")
 def apikey_create(
-    name: str, tenant: TenantOpt = "default",
+    name: str,
+    tenant: TenantOpt = "default",
     user: Annotated[str, typer.Option(help="the key acts as this user")] = "admin",
     role: Annotated[str | None, typer.Option(help="defaults to the user's role")] = None,
     expires_days: Annotated[int | None, typer.Option(min=1, help="expire after N days")] = None,
-    data_dir: DataDir = None, url: Url = None, key: Key = None,
+    data_dir: DataDir = None,
+    url: Url = None,
+    key: Key = None,
 ) -> None:
     """Create an API key; it is printed once."""
     expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     if url:
-        body = _remote(url, key, "POST", "/api/v1/api-keys", json={
-            "name": name, "role": role, "expires_at": expires.isoformat() if expires else None})
+        body = _remote(
+            url,
+            key,
+            "POST",
+            "/api/v1/api-keys",
+            json={
+                "name": name,
+                "role": role,
+                "expires_at": expires.isoformat() if expires else None,
+            },
+        )
         out.print(body["key"], highlight=False)
         return
     from sqlalchemy import select
@@ -349,9 +411,16 @@ def apikey_create(
                 raise typer.Exit(2)
             _, membership = await member(session, ref.id, user_id)
             _, plaintext = await create_api_key(
-                p, session, ref, _cli_actor(), user_id=user_id, name=name,
-                role=role or membership.role, expires_at=expires,
-                granter=await permissions_of(session, membership.role))
+                p,
+                session,
+                ref,
+                _cli_actor(),
+                user_id=user_id,
+                name=name,
+                role=role or membership.role,
+                expires_at=expires,
+                granter=await permissions_of(session, membership.role),
+            )
             return plaintext
 
     plaintext = _run(work, data_dir)
@@ -360,8 +429,13 @@ def apikey_create(
 
 
 @apikey_app.command("list")
-def apikey_list(tenant: TenantOpt = "default", data_dir: DataDir = None, url: Url = None,
-                key: Key = None, as_json: JsonOut = False) -> None:
+def apikey_list(
+    tenant: TenantOpt = "default",
+    data_dir: DataDir = None,
+    url: Url = None,
+    key: Key = None,
+    as_json: JsonOut = False,
+) -> None:
     """List API keys (never their secrets)."""
     if url:
         rows = _remote(url, key, "GET", "/api/v1/api-keys")
@@ -377,12 +451,19 @@ def apikey_list(tenant: TenantOpt = "default", data_dir: DataDir = None, url: Ur
                 return [k.public() for k in keys]
 
         rows = _run(work, data_dir)
-    _table(rows, ["id", "name", "prefix", "role", "expires_at", "revoked_at", "last_used_at"], as_json)
+    _table(
+        rows, ["id", "name", "prefix", "role", "expires_at", "revoked_at", "last_used_at"], as_json
+    )
 
 
 @apikey_app.command("revoke")
-def apikey_revoke(key_id: str, tenant: TenantOpt = "default", data_dir: DataDir = None,
-                  url: Url = None, key: Key = None) -> None:
+def apikey_revoke(
+    key_id: str,
+    tenant: TenantOpt = "default",
+    data_dir: DataDir = None,
+    url: Url = None,
+    key: Key = None,
+) -> None:
     """Revoke an API key by id."""
     import uuid
 
@@ -419,8 +500,12 @@ def _read_checkpoints(path: Path) -> tuple[list[dict[str, Any]], Any]:
 
 @audit_app.command("verify")
 def audit_verify(
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="default: every tenant")] = None,
-    checkpoints: Annotated[Path | None, typer.Option(help="exported checkpoints (JSON Lines)")] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="default: every tenant")
+    ] = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="exported checkpoints (JSON Lines)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Recompute the hash chain(s); exit 1 and name the first bad event if tampered."""
@@ -443,18 +528,24 @@ def audit_verify(
         for warning in r.warnings:
             err.print(f"[yellow]warning[/yellow] {r.tenant}: {warning}")
         if r.ok:
-            out.print(f"[green]ok[/green] {r.tenant}: {r.events} events verified, "
-                      f"{r.checkpoints} checkpoints")
+            out.print(
+                f"[green]ok[/green] {r.tenant}: {r.events} events verified, "
+                f"{r.checkpoints} checkpoints"
+            )
         else:
             bad = True
-            out.print(f"[red]TAMPERED[/red] {r.tenant}: first bad seq {r.first_bad_seq}: {r.problem}")
+            out.print(
+                f"[red]TAMPERED[/red] {r.tenant}: first bad seq {r.first_bad_seq}: {r.problem}"
+            )
     raise typer.Exit(1 if bad else 0)
 
 
 @audit_app.command("export")
 def audit_export(
     tenant: TenantOpt = "default",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default stdout)")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file (default stdout)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Write every audit event of a tenant as JSON Lines, oldest first."""
@@ -487,8 +578,12 @@ def audit_export(
 
 @checkpoint_app.command("export")
 def checkpoint_export(
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="default: every tenant")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default stdout)")] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="default: every tenant")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file (default stdout)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Write signed checkpoints (after signing the current heads) to keep off this host."""

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -136,9 +136,10 @@ class AuditTrail:
     async def _lock(self, session: AsyncSession, tenant_schema: str) -> None:
         # one writer per tenant chain: an advisory lock on PostgreSQL; on SQLite the write
         # session already holds the database's write lock (BEGIN IMMEDIATE)
-        if session.bind.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             await session.execute(
-                text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key(f"audit:{tenant_schema}")}
+                text("SELECT pg_advisory_xact_lock(:k)"),
+                {"k": advisory_key(f"audit:{tenant_schema}")},
             )
 
     async def record(
@@ -183,7 +184,9 @@ class AuditTrail:
         await session.flush()
         return event
 
-    async def checkpoint(self, session: AsyncSession, tenant: tuple[str, str]) -> AuditCheckpoint | None:
+    async def checkpoint(
+        self, session: AsyncSession, tenant: tuple[str, str]
+    ) -> AuditCheckpoint | None:
         """Sign the current head unless it is already checkpointed (used at shutdown)."""
         slug, schema = tenant
         await self._lock(session, schema)
@@ -194,7 +197,9 @@ class AuditTrail:
         ).first()
         if head is None:
             return None
-        last = await session.scalar(select(AuditCheckpoint.seq).order_by(AuditCheckpoint.seq.desc()))
+        last = await session.scalar(
+            select(AuditCheckpoint.seq).order_by(AuditCheckpoint.seq.desc())
+        )
         if last is not None and last >= head[0]:
             return None
         return await self._write_checkpoint(session, slug, head[0], head[1])
@@ -228,12 +233,22 @@ class AuditTrail:
     async def export_checkpoints(self, session: AsyncSession, slug: str) -> list[str]:
         """JSON Lines: a header with the public key, then every signed checkpoint in order."""
         lines = [canonical_json(self.export_header())]
-        for cp in (await session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))).all():
-            lines.append(canonical_json({
-                "tenant": slug, "seq": cp.seq, "head_hash": cp.head_hash,
-                "time": cp.created_at.isoformat(), "prev_signature": cp.prev_signature,
-                "signature": cp.signature, "key_id": cp.key_id,
-            }))
+        for cp in (
+            await session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))
+        ).all():
+            lines.append(
+                canonical_json(
+                    {
+                        "tenant": slug,
+                        "seq": cp.seq,
+                        "head_hash": cp.head_hash,
+                        "time": cp.created_at.isoformat(),
+                        "prev_signature": cp.prev_signature,
+                        "signature": cp.signature,
+                        "key_id": cp.key_id,
+                    }
+                )
+            )
         return lines
 
     async def verify(
@@ -253,10 +268,14 @@ class AuditTrail:
         async with aclosing(_events(session, batch)) as events:
             async for event in events:
                 if event.seq != expected:
-                    result.fail(expected, f"event {expected} is missing (next present: {event.seq})")
+                    result.fail(
+                        expected, f"event {expected} is missing (next present: {event.seq})"
+                    )
                     break
                 if event_hash(event.prev_hash, event) != event.hash:
-                    result.fail(event.seq, f"event {event.seq} was modified (its hash does not match)")
+                    result.fail(
+                        event.seq, f"event {event.seq} was modified (its hash does not match)"
+                    )
                     break
                 if event.prev_hash != prev_hash:
                     bad = max(event.seq - 1, 1)
@@ -267,7 +286,9 @@ class AuditTrail:
                 if event.seq in wanted:
                     hashes[event.seq] = event.hash
         head = expected - 1 if result.ok else None
-        stored = (await session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))).all()
+        stored = (
+            await session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))
+        ).all()
         self._check_stored(result, slug, stored, await _hashes_at(session, stored), head)
         self._check_exported(result, slug, exported, exported_key, hashes, head)
         return result
@@ -290,7 +311,9 @@ class AuditTrail:
             if cp.prev_signature != prev_sig:
                 result.fail(cp.seq, f"checkpoint at {cp.seq} does not link to the one before")
             if head is not None and cp.seq > head:
-                result.fail(head + 1, f"events {head + 1}..{cp.seq} were cut off (checkpoint at {cp.seq})")
+                result.fail(
+                    head + 1, f"events {head + 1}..{cp.seq} were cut off (checkpoint at {cp.seq})"
+                )
             elif session_hashes.get(cp.seq) not in (None, cp.head_hash):
                 result.fail(cp.seq, f"events up to {cp.seq} no longer match their checkpoint")
             prev_sig = cp.signature
@@ -306,7 +329,9 @@ class AuditTrail:
     ) -> None:
         key = key or self.public_key
         last_good = 0
-        for item in sorted((cp for cp in exported if cp.get("tenant") == slug), key=lambda c: c["seq"]):
+        for item in sorted(
+            (cp for cp in exported if cp.get("tenant") == slug), key=lambda c: c["seq"]
+        ):
             seq = int(item["seq"])
             cp = AuditCheckpoint(
                 seq=seq,
@@ -321,9 +346,13 @@ class AuditTrail:
                 continue
             result.checkpoints += 1
             if head is not None and seq > head:
-                result.fail(head + 1, f"events {head + 1}..{seq} were cut off (checkpoint at {seq})")
+                result.fail(
+                    head + 1, f"events {head + 1}..{seq} were cut off (checkpoint at {seq})"
+                )
             elif seq in hashes and hashes[seq] != cp.head_hash:
-                result.fail(last_good + 1, f"events after {last_good} do not match checkpoint {seq}")
+                result.fail(
+                    last_good + 1, f"events after {last_good} do not match checkpoint {seq}"
+                )
             else:
                 last_good = seq
 
@@ -340,13 +369,16 @@ def load_public_key(b64: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
 
 
-async def _events(session: AsyncSession, batch: int) -> AsyncIterator[AuditEvent]:
+async def _events(session: AsyncSession, batch: int) -> AsyncGenerator[AuditEvent]:
     """All events in sequence order, read in keyset pages to keep memory flat."""
     after = 0
     while True:
         page = (
             await session.scalars(
-                select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(batch)
+                select(AuditEvent)
+                .where(AuditEvent.seq > after)
+                .order_by(AuditEvent.seq)
+                .limit(batch)
             )
         ).all()
         if not page:
@@ -361,5 +393,7 @@ async def _hashes_at(session: AsyncSession, stored: Iterable[AuditCheckpoint]) -
     seqs = [cp.seq for cp in stored]
     if not seqs:
         return {}
-    rows = await session.execute(select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.seq.in_(seqs)))
+    rows = await session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.seq.in_(seqs))
+    )
     return {seq: h for seq, h in rows.tuples()}

@@ -47,14 +47,16 @@ router = APIRouter(prefix="/api/v1", tags=["auth"])
 
 
 def _tokens(pair: tokens.TokenPair) -> TokenResponse:
-    return TokenResponse(access_token=pair.access_token, refresh_token=pair.refresh_token,
-                         expires_in=pair.expires_in)
+    return TokenResponse(
+        access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+    )
 
 
 @router.post("/auth/login", dependencies=[public])
 async def login(body: LoginRequest, request: Request, p: PlatformDep) -> TokenResponse:
-    pair = await tokens.login(p, body.tenant, body.username, body.password.get_secret_value(),
-                              request_context(request))
+    pair = await tokens.login(
+        p, body.tenant, body.username, body.password.get_secret_value(), request_context(request)
+    )
     return _tokens(pair)
 
 
@@ -72,9 +74,14 @@ async def logout(principal: Authenticated, audit: Audit, p: PlatformDep) -> Resp
 
 @router.get("/auth/me")
 async def me(principal: Authenticated) -> Me:
-    return Me(user_id=principal.user_id, username=principal.username, tenant=principal.tenant.slug,
-              role=principal.role, permissions=sorted(principal.permissions),
-              via_api_key=principal.api_key_id)
+    return Me(
+        user_id=principal.user_id,
+        username=principal.username,
+        tenant=principal.tenant.slug,
+        role=principal.role,
+        permissions=sorted(principal.permissions),
+        via_api_key=principal.api_key_id,
+    )
 
 
 @router.post("/auth/password", status_code=204)
@@ -86,8 +93,14 @@ async def change_password(
     user, _ = await service.member(audit.session, principal.tenant.id, principal.user_id)
     if not p.passwords.verify(user.password_hash, body.current_password.get_secret_value()):
         raise InvalidCredentials("current password is wrong")
-    await service.set_password(p, audit.session, principal.tenant, audit.context, user,
-                               body.new_password.get_secret_value())
+    await service.set_password(
+        p,
+        audit.session,
+        principal.tenant,
+        audit.context,
+        user,
+        body.new_password.get_secret_value(),
+    )
     return Response(status_code=204)
 
 
@@ -109,8 +122,12 @@ async def create_tenant(
     p: PlatformDep,
 ) -> TenantPublic:
     tenant = await service.create_tenant(
-        p, body.slug, body.name, request_context(request, principal),
-        owner_id=principal.user_id, requester=principal.tenant,
+        p,
+        body.slug,
+        body.name,
+        request_context(request, principal),
+        owner_id=principal.user_id,
+        requester=principal.tenant,
     )
     return TenantPublic.model_validate(tenant)
 
@@ -131,7 +148,9 @@ async def list_members(
 
 @router.get("/users/{user_id}")
 async def get_member(
-    user_id: uuid.UUID, principal: Annotated[Principal, require("users:read")], session: TenantSession
+    user_id: uuid.UUID,
+    principal: Annotated[Principal, require("users:read")],
+    session: TenantSession,
 ) -> MemberPublic:
     user, membership = await service.member(session, principal.tenant.id, user_id)
     return _member(user, membership.role)
@@ -139,22 +158,33 @@ async def get_member(
 
 @router.post("/users", status_code=201)
 async def add_member(
-    body: MemberCreate, principal: Annotated[Principal, require("users:write")], audit: Audit,
+    body: MemberCreate,
+    principal: Annotated[Principal, require("users:write")],
+    audit: Audit,
     p: PlatformDep,
 ) -> MemberPublic:
     password = body.password.get_secret_value() if body.password else None
     user = await service.add_member(
-        p, audit.session, principal.tenant, audit.context, username=body.username,
-        password=password, role=body.role, display_name=body.display_name,
-        granter=principal.permissions, may_adopt=principal.is_platform_admin,
+        p,
+        audit.session,
+        principal.tenant,
+        audit.context,
+        username=body.username,
+        password=password,
+        role=body.role,
+        display_name=body.display_name,
+        granter=principal.permissions,
+        may_adopt=principal.is_platform_admin,
     )
     return _member(user, body.role)
 
 
 @router.patch("/users/{user_id}")
 async def update_member(
-    user_id: uuid.UUID, body: MemberUpdate,
-    principal: Annotated[Principal, require("users:write")], audit: Audit,
+    user_id: uuid.UUID,
+    body: MemberUpdate,
+    principal: Annotated[Principal, require("users:write")],
+    audit: Audit,
 ) -> MemberPublic:
     user, membership = await service.member(audit.session, principal.tenant.id, user_id)
     # nobody changes someone who holds more than they do
@@ -184,13 +214,17 @@ async def remove_member(
 
 @router.put("/users/{user_id}/password", status_code=204)
 async def set_member_password(
-    user_id: uuid.UUID, body: PasswordSet,
-    principal: Annotated[Principal, require("users:write")], audit: Audit, p: PlatformDep,
+    user_id: uuid.UUID,
+    body: PasswordSet,
+    principal: Annotated[Principal, require("users:write")],
+    audit: Audit,
+    p: PlatformDep,
 ) -> Response:
     user, membership = await service.member(audit.session, principal.tenant.id, user_id)
     await ensure_grantable(audit.session, membership.role, principal.permissions)
-    await service.set_password(p, audit.session, principal.tenant, audit.context, user,
-                               body.password.get_secret_value())
+    await service.set_password(
+        p, audit.session, principal.tenant, audit.context, user, body.password.get_secret_value()
+    )
     return Response(status_code=204)
 
 
@@ -201,11 +235,17 @@ async def set_member_password(
 async def list_roles(
     _: Annotated[Principal, require("roles:read")], session: TenantSession
 ) -> list[RolePublic]:
-    builtin = [RolePublic(name=n, description="built-in", permissions=sorted(p), builtin=True)
-               for n, p in BUILTIN_ROLES.items()]
+    builtin = [
+        RolePublic(name=n, description="built-in", permissions=sorted(p), builtin=True)
+        for n, p in BUILTIN_ROLES.items()
+    ]
     custom = (await session.scalars(select(Role).order_by(Role.name))).all()
-    return builtin + [RolePublic(name=r.name, description=r.description,
-                                 permissions=sorted(r.permissions), builtin=False) for r in custom]
+    return builtin + [
+        RolePublic(
+            name=r.name, description=r.description, permissions=sorted(r.permissions), builtin=False
+        )
+        for r in custom
+    ]
 
 
 @router.post("/roles", status_code=201)
@@ -215,10 +255,14 @@ async def add_role(
     perms = check_permission_names(body.permissions)
     missing = sorted(set(perms) - principal.permissions)
     if missing:
-        raise RoleTooStrong("the role holds permissions you do not have", details={"missing": missing})
+        raise RoleTooStrong(
+            "the role holds permissions you do not have", details={"missing": missing}
+        )
     role = await create_role(audit.session, body.name, body.description, perms)
     await audit.record("role.create", "role", role.id, {"name": role.name, "permissions": perms})
-    return RolePublic(name=role.name, description=role.description, permissions=perms, builtin=False)
+    return RolePublic(
+        name=role.name, description=role.description, permissions=perms, builtin=False
+    )
 
 
 @router.delete("/roles/{name}", status_code=204)
@@ -246,12 +290,20 @@ async def list_api_keys(
 
 @router.post("/api-keys", status_code=201)
 async def create_api_key(
-    body: ApiKeyCreate, principal: Annotated[Principal, require("apikeys:write")], audit: Audit,
+    body: ApiKeyCreate,
+    principal: Annotated[Principal, require("apikeys:write")],
+    audit: Audit,
     p: PlatformDep,
 ) -> ApiKeyCreated:
     key, plaintext = await service.create_api_key(
-        p, audit.session, principal.tenant, audit.context, user_id=principal.user_id,
-        name=body.name, role=body.role or principal.role, granter=principal.permissions,
+        p,
+        audit.session,
+        principal.tenant,
+        audit.context,
+        user_id=principal.user_id,
+        name=body.name,
+        role=body.role or principal.role,
+        granter=principal.permissions,
         expires_at=body.expires_at,
     )
     return ApiKeyCreated.model_validate({**key.public(), "key": plaintext})
@@ -259,7 +311,9 @@ async def create_api_key(
 
 @router.delete("/api-keys/{key_id}")
 async def revoke_api_key(
-    key_id: uuid.UUID, principal: Annotated[Principal, require("apikeys:write")], audit: Audit,
+    key_id: uuid.UUID,
+    principal: Annotated[Principal, require("apikeys:write")],
+    audit: Audit,
     p: PlatformDep,
 ) -> ApiKeyPublic:
     key = await service.revoke_api_key(p, audit.session, principal.tenant, audit.context, key_id)

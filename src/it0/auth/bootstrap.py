@@ -42,8 +42,15 @@ async def bootstrap(p: Platform) -> Bootstrap:
     async with p.db.session(ref.schema, write=True) as session:
         existing = await session.scalar(select(User).where(User.username == ADMIN))
         user = await service.add_member(
-            p, session, ref, ctx, username=ADMIN, password=None if existing else password,
-            role="owner", display_name="Administrator", granter=TENANT_PERMISSIONS,
+            p,
+            session,
+            ref,
+            ctx,
+            username=ADMIN,
+            password=None if existing else password,
+            role="owner",
+            display_name="Administrator",
+            granter=TENANT_PERMISSIONS,
             may_adopt=True,
         )
         user.is_platform_admin = True

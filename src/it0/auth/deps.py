@@ -138,8 +138,13 @@ class AuditLog:
         summary: dict[str, Any] | None = None,
     ) -> None:
         await self.platform.audit.record(
-            self.session, self.principal.tenant.pair, self.context, action, resource_type,
-            resource_id, summary,
+            self.session,
+            self.principal.tenant.pair,
+            self.context,
+            action,
+            resource_type,
+            resource_id,
+            summary,
         )
 
 

@@ -24,9 +24,10 @@ async def permissions_of(session: AsyncSession, role: str) -> set[str]:
 
 async def ensure_grantable(session: AsyncSession, role: str, granter: Iterable[str]) -> set[str]:
     """The role's permissions, if ``granter`` holds all of them; 403 otherwise."""
-    if role not in BUILTIN_ROLES and await session.scalar(
-        select(Role.id).where(Role.name == role)
-    ) is None:
+    if (
+        role not in BUILTIN_ROLES
+        and await session.scalar(select(Role.id).where(Role.name == role)) is None
+    ):
         raise NotFoundError(f"unknown role {role!r}", details={"field": "role"})
     perms = await permissions_of(session, role)
     missing = sorted(perms - set(granter))

@@ -50,15 +50,22 @@ async def create_tenant(
             await session.flush()
             if owner_id is not None:
                 session.add(Membership(user_id=owner_id, tenant_id=tenant.id, role="owner"))
-            await p.audit.record(session, (slug, schema), ctx, "tenant.create", "tenant",
-                                 tenant.id, {"slug": slug, "name": tenant.name,
-                                             "owner": str(owner_id) if owner_id else None})
+            await p.audit.record(
+                session,
+                (slug, schema),
+                ctx,
+                "tenant.create",
+                "tenant",
+                tenant.id,
+                {"slug": slug, "name": tenant.name, "owner": str(owner_id) if owner_id else None},
+            )
     except IntegrityError as exc:  # lost a race with another request creating the same slug
         raise ConflictError(f"tenant {slug!r} already exists") from exc
     if requester is not None and requester.schema != schema:
         async with p.db.session(requester.schema, write=True) as session:
-            await p.audit.record(session, requester.pair, ctx, "tenant.create", "tenant",
-                                 tenant.id, {"slug": slug})
+            await p.audit.record(
+                session, requester.pair, ctx, "tenant.create", "tenant", tenant.id, {"slug": slug}
+            )
     return tenant
 
 
@@ -77,13 +84,17 @@ async def members(session: AsyncSession, tenant_id: uuid.UUID) -> list[tuple[Use
     return [(user, role) for user, role in rows.tuples()]
 
 
-async def member(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> tuple[User, Membership]:
+async def member(
+    session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[User, Membership]:
     """A member of this tenant; users of other tenants are simply not found."""
-    row = (await session.execute(
-        select(User, Membership)
-        .join(Membership, Membership.user_id == User.id)
-        .where(Membership.tenant_id == tenant_id, User.id == user_id)
-    )).first()
+    row = (
+        await session.execute(
+            select(User, Membership)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.tenant_id == tenant_id, User.id == user_id)
+        )
+    ).first()
     if row is None:
         raise NotFoundError("user not found")
     return row[0], row[1]
@@ -108,28 +119,48 @@ async def add_member(
     if user is None:
         if password is None:
             raise ValidationFailed("a new user needs a password", details={"field": "password"})
-        user = User(username=username, display_name=display_name,
-                    password_hash=p.passwords.hash(password))
+        user = User(
+            username=username, display_name=display_name, password_hash=p.passwords.hash(password)
+        )
         session.add(user)
         await session.flush()
     elif not may_adopt:
         raise ConflictError(f"username {username!r} is taken")
-    elif await session.scalar(select(Membership.id).where(
-            Membership.user_id == user.id, Membership.tenant_id == tenant.id)) is not None:
+    elif (
+        await session.scalar(
+            select(Membership.id).where(
+                Membership.user_id == user.id, Membership.tenant_id == tenant.id
+            )
+        )
+        is not None
+    ):
         raise ConflictError(f"{username!r} is already a member")
     session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=role))
-    await p.audit.record(session, tenant.pair, ctx, "user.add", "user", user.id,
-                         {"username": username, "role": role, "created": password is not None})
+    await p.audit.record(
+        session,
+        tenant.pair,
+        ctx,
+        "user.add",
+        "user",
+        user.id,
+        {"username": username, "role": role, "created": password is not None},
+    )
     return user
 
 
 async def set_password(
-    p: Platform, session: AsyncSession, tenant: TenantRef, ctx: AuditContext, user: User, password: str
+    p: Platform,
+    session: AsyncSession,
+    tenant: TenantRef,
+    ctx: AuditContext,
+    user: User,
+    password: str,
 ) -> None:
     user.password_hash = p.passwords.hash(password)
     user.password_changed_at = utcnow()
-    await p.audit.record(session, tenant.pair, ctx, "user.password", "user", user.id,
-                         {"username": user.username})
+    await p.audit.record(
+        session, tenant.pair, ctx, "user.password", "user", user.id, {"username": user.username}
+    )
 
 
 async def create_api_key(
@@ -150,13 +181,31 @@ async def create_api_key(
         raise ValidationFailed("expires_at is in the past", details={"field": "expires_at"})
     prefix = f"{API_KEY_MARK}{tenant.slug}_{secrets.token_hex(4)}"
     plaintext = prefix + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=prefix, key_hash=sha256_hex(plaintext), role=role,
-                 created_by=user_id, expires_at=expires_at, created_at=utcnow())
+    key = ApiKey(
+        name=name,
+        prefix=prefix,
+        key_hash=sha256_hex(plaintext),
+        role=role,
+        created_by=user_id,
+        expires_at=expires_at,
+        created_at=utcnow(),
+    )
     session.add(key)
     await session.flush()
-    await p.audit.record(session, tenant.pair, ctx, "apikey.create", "api_key", key.id,
-                         {"name": name, "role": role, "prefix": prefix,
-                          "expires_at": expires_at.isoformat() if expires_at else None})
+    await p.audit.record(
+        session,
+        tenant.pair,
+        ctx,
+        "apikey.create",
+        "api_key",
+        key.id,
+        {
+            "name": name,
+            "role": role,
+            "prefix": prefix,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     return key, plaintext
 
 
@@ -168,6 +217,7 @@ async def revoke_api_key(
         raise NotFoundError("API key not found")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        await p.audit.record(session, tenant.pair, ctx, "apikey.revoke", "api_key", key.id,
-                             {"prefix": key.prefix})
+        await p.audit.record(
+            session, tenant.pair, ctx, "apikey.revoke", "api_key", key.id, {"prefix": key.prefix}
+        )
     return key

@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import Actor, AuditContext
 from it0.auth.errors import InvalidCredentials, TokenRevoked, UnknownTenant
-from it0.auth.models import ApiKey, LoginThrottle, Membership, RefreshToken, Tenant, TokenFamily, User
+from it0.auth.models import (
+    ApiKey,
+    LoginThrottle,
+    Membership,
+    RefreshToken,
+    Tenant,
+    TokenFamily,
+    User,
+)
 from it0.auth.roles import permissions_of
 from it0.core.clock import utcnow
 from it0.core.db import tenant_schema_name
@@ -47,8 +55,12 @@ class Principal:
     @property
     def actor(self) -> Actor:
         if self.api_key_id is not None:
-            return Actor(type="api_key", id=str(self.api_key_id), name=f"key of {self.username}",
-                         on_behalf_of=str(self.user_id))
+            return Actor(
+                type="api_key",
+                id=str(self.api_key_id),
+                name=f"key of {self.username}",
+                on_behalf_of=str(self.user_id),
+            )
         return Actor(type="user", id=str(self.user_id), name=self.username)
 
 
@@ -57,7 +69,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
 
 
 def tenant_of_credential(credential: str) -> str:
@@ -91,8 +103,11 @@ async def find_tenant(session: AsyncSession, slug: str) -> TenantRef:
 async def check_throttle(p: Platform, session: AsyncSession, keys: list[tuple[str, int]]) -> None:
     now = utcnow()
     window = timedelta(seconds=p.settings.login_failure_window)
-    rows = (await session.scalars(select(LoginThrottle).where(
-        LoginThrottle.key.in_([k for k, _ in keys])))).all()
+    rows = (
+        await session.scalars(
+            select(LoginThrottle).where(LoginThrottle.key.in_([k for k, _ in keys]))
+        )
+    ).all()
     limits = dict(keys)
     for row in rows:
         ends = row.window_start + window
@@ -123,38 +138,56 @@ async def login(
     schema = schema_for(slug)
     user_key = f"user:{slug}:{username.lower()}"[:128]
     ip_key = f"ip:{ctx.client_addr or '-'}"[:128]
-    limits = [(user_key, p.settings.login_max_failures),
-              (ip_key, p.settings.login_max_failures_per_ip)]
+    limits = [
+        (user_key, p.settings.login_max_failures),
+        (ip_key, p.settings.login_max_failures_per_ip),
+    ]
     async with p.db.session() as session:
         tenant = await find_tenant(session, slug)
         await check_throttle(p, session, limits)
-        row = (await session.execute(
-            select(User, Membership.role)
-            .join(Membership, Membership.user_id == User.id)
-            .where(User.username == username, Membership.tenant_id == tenant.id)
-        )).first()
+        row = (
+            await session.execute(
+                select(User, Membership.role)
+                .join(Membership, Membership.user_id == User.id)
+                .where(User.username == username, Membership.tenant_id == tenant.id)
+            )
+        ).first()
     user, role = (row[0], row[1]) if row else (None, None)
     # argon2 runs outside any transaction, and for an unknown user against a dummy hash
     valid = p.passwords.verify(user.password_hash if user else None, password)
     if user is None or role is None or not valid or not user.is_active:
         async with p.db.session(schema, write=True) as session:
             await record_failure(p, session, [user_key, ip_key])
-            anonymous = AuditContext(Actor(type="anonymous", id=None, name=username[:200]),
-                                     ctx.request_id, ctx.client_addr)
-            await p.audit.record(session, tenant.pair, anonymous, "auth.login_failed", "user",
-                                 user.id if user else None, {"username": username[:200]})
+            anonymous = AuditContext(
+                Actor(type="anonymous", id=None, name=username[:200]),
+                ctx.request_id,
+                ctx.client_addr,
+            )
+            await p.audit.record(
+                session,
+                tenant.pair,
+                anonymous,
+                "auth.login_failed",
+                "user",
+                user.id if user else None,
+                {"username": username[:200]},
+            )
         raise InvalidCredentials("invalid tenant, username or password")
     async with p.db.session(schema, write=True) as session:
-        await session.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key),
-                              execution_options={"it0_audit_exempt": True})
+        await session.execute(
+            delete(LoginThrottle).where(LoginThrottle.key == user_key),
+            execution_options={"it0_audit_exempt": True},
+        )
         family = TokenFamily(user_id=user.id, tenant_id=tenant.id)
         session.add(family)
         await session.flush()
         pair = await _issue(p, session, tenant, user.id, family.id)
-        actor = AuditContext(Actor(type="user", id=str(user.id), name=user.username),
-                             ctx.request_id, ctx.client_addr)
-        await p.audit.record(session, tenant.pair, actor, "auth.login", "user", user.id,
-                             {"family": str(family.id)})
+        actor = AuditContext(
+            Actor(type="user", id=str(user.id), name=user.username), ctx.request_id, ctx.client_addr
+        )
+        await p.audit.record(
+            session, tenant.pair, actor, "auth.login", "user", user.id, {"family": str(family.id)}
+        )
     return pair
 
 
@@ -163,13 +196,20 @@ async def _issue(
 ) -> TokenPair:
     now = utcnow()
     refresh = f"{tenant.slug}.{random_token()}"
-    session.add(RefreshToken(
-        family_id=family_id,
-        token_hash=sha256_hex(refresh),
-        expires_at=now + timedelta(seconds=p.settings.refresh_token_ttl),
-    ))
-    access = p.signer.issue(user_id=str(user_id), tenant_id=str(tenant.id), slug=tenant.slug,
-                            family_id=str(family_id), now=now)
+    session.add(
+        RefreshToken(
+            family_id=family_id,
+            token_hash=sha256_hex(refresh),
+            expires_at=now + timedelta(seconds=p.settings.refresh_token_ttl),
+        )
+    )
+    access = p.signer.issue(
+        user_id=str(user_id),
+        tenant_id=str(tenant.id),
+        slug=tenant.slug,
+        family_id=str(family_id),
+        now=now,
+    )
     return TokenPair(access, refresh, p.settings.access_token_ttl)
 
 
@@ -181,11 +221,15 @@ async def refresh(p: Platform, token: str, ctx: AuditContext) -> TokenPair:
     reused = False
     async with p.db.session(schema, write=True) as session:
         tenant = await find_tenant(session, slug)
-        row = (await session.execute(
-            select(RefreshToken, TokenFamily)
-            .join(TokenFamily, TokenFamily.id == RefreshToken.family_id)
-            .where(RefreshToken.token_hash == sha256_hex(token), TokenFamily.tenant_id == tenant.id)
-        )).first()
+        row = (
+            await session.execute(
+                select(RefreshToken, TokenFamily)
+                .join(TokenFamily, TokenFamily.id == RefreshToken.family_id)
+                .where(
+                    RefreshToken.token_hash == sha256_hex(token), TokenFamily.tenant_id == tenant.id
+                )
+            )
+        ).first()
         if row is None:
             raise InvalidCredentials("invalid refresh token")
         stored, family = row[0], row[1]
@@ -198,17 +242,27 @@ async def refresh(p: Platform, token: str, ctx: AuditContext) -> TokenPair:
             .where(RefreshToken.id == stored.id, RefreshToken.used_at.is_(None))
             .values(used_at=now)
         )
-        user_actor = AuditContext(Actor(type="user", id=str(family.user_id), name="-"),
-                                  ctx.request_id, ctx.client_addr)
+        user_actor = AuditContext(
+            Actor(type="user", id=str(family.user_id), name="-"), ctx.request_id, ctx.client_addr
+        )
         if claimed.rowcount == 0:  # type: ignore[attr-defined]
             family.revoked_at, family.revoked_reason = now, "refresh_token_reuse"
-            await p.audit.record(session, tenant.pair, user_actor, "auth.refresh_token_reused",
-                                 "token_family", family.id, {"revoked": True})
+            await p.audit.record(
+                session,
+                tenant.pair,
+                user_actor,
+                "auth.refresh_token_reused",
+                "token_family",
+                family.id,
+                {"revoked": True},
+            )
             reused = True
         else:
             active = await session.scalar(
-                select(User.is_active).join(Membership, Membership.user_id == User.id)
-                .where(User.id == family.user_id, Membership.tenant_id == tenant.id))
+                select(User.is_active)
+                .join(Membership, Membership.user_id == User.id)
+                .where(User.id == family.user_id, Membership.tenant_id == tenant.id)
+            )
             if not active:
                 raise TokenRevoked("the user no longer has access to this tenant")
             pair = await _issue(p, session, tenant, family.user_id, family.id)
@@ -217,14 +271,19 @@ async def refresh(p: Platform, token: str, ctx: AuditContext) -> TokenPair:
     return pair
 
 
-async def logout(p: Platform, principal: Principal, session: AsyncSession, ctx: AuditContext) -> None:
+async def logout(
+    p: Platform, principal: Principal, session: AsyncSession, ctx: AuditContext
+) -> None:
     if principal.family_id is None:
         raise AuthenticationError("an API key cannot log out; revoke it instead")
     await session.execute(
-        update(TokenFamily).where(TokenFamily.id == principal.family_id)
-        .values(revoked_at=utcnow(), revoked_reason="logout"))
-    await p.audit.record(session, principal.tenant.pair, ctx, "auth.logout", "token_family",
-                         principal.family_id)
+        update(TokenFamily)
+        .where(TokenFamily.id == principal.family_id)
+        .values(revoked_at=utcnow(), revoked_reason="logout")
+    )
+    await p.audit.record(
+        session, principal.tenant.pair, ctx, "auth.logout", "token_family", principal.family_id
+    )
 
 
 # --- bearer credentials -> principal --------------------------------------------------------
@@ -235,13 +294,15 @@ async def authenticate(p: Platform, session: AsyncSession, credential: str) -> P
     if credential.startswith(API_KEY_MARK):
         return await _authenticate_key(p, session, credential)
     claims = p.signer.verify(credential)
-    row = (await session.execute(
-        select(User, Membership.role, Tenant, TokenFamily.revoked_at)
-        .join(Membership, Membership.user_id == User.id)
-        .join(Tenant, Tenant.id == Membership.tenant_id)
-        .join(TokenFamily, TokenFamily.id == uuid.UUID(claims.family_id))
-        .where(User.id == uuid.UUID(claims.user_id), Tenant.id == uuid.UUID(claims.tenant_id))
-    )).first()
+    row = (
+        await session.execute(
+            select(User, Membership.role, Tenant, TokenFamily.revoked_at)
+            .join(Membership, Membership.user_id == User.id)
+            .join(Tenant, Tenant.id == Membership.tenant_id)
+            .join(TokenFamily, TokenFamily.id == uuid.UUID(claims.family_id))
+            .where(User.id == uuid.UUID(claims.user_id), Tenant.id == uuid.UUID(claims.tenant_id))
+        )
+    ).first()
     if row is None:
         raise TokenRevoked("the token's user no longer has access to this tenant")
     user, role, tenant, revoked_at = row
@@ -253,20 +314,29 @@ async def authenticate(p: Platform, session: AsyncSession, credential: str) -> P
     perms = await permissions_of(session, role)
     if user.is_platform_admin:
         perms |= {"tenants:read", "tenants:write"}
-    return Principal(user.id, user.username, ref, role, frozenset(perms), user.is_platform_admin,
-                     family_id=uuid.UUID(claims.family_id))
+    return Principal(
+        user.id,
+        user.username,
+        ref,
+        role,
+        frozenset(perms),
+        user.is_platform_admin,
+        family_id=uuid.UUID(claims.family_id),
+    )
 
 
 async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Principal:
     slug, rest = key.split("_", 2)[1:]
     prefix = f"{API_KEY_MARK}{slug}_{rest[:8]}"
-    row = (await session.execute(
-        select(ApiKey, User, Membership.role, Tenant)
-        .join(User, User.id == ApiKey.created_by)
-        .join(Tenant, Tenant.slug == slug)
-        .join(Membership, (Membership.user_id == User.id) & (Membership.tenant_id == Tenant.id))
-        .where(ApiKey.prefix == prefix)
-    )).first()
+    row = (
+        await session.execute(
+            select(ApiKey, User, Membership.role, Tenant)
+            .join(User, User.id == ApiKey.created_by)
+            .join(Tenant, Tenant.slug == slug)
+            .join(Membership, (Membership.user_id == User.id) & (Membership.tenant_id == Tenant.id))
+            .where(ApiKey.prefix == prefix)
+        )
+    ).first()
     if row is None or not constant_time_equal(row[0].key_hash, sha256_hex(key)):
         raise InvalidCredentials("invalid API key")
     api_key, user, creator_role, tenant = row
@@ -278,7 +348,9 @@ async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Pri
     if not user.is_active:
         raise TokenRevoked("the API key's creator is disabled")
     # the key never exceeds what its creator can do today
-    perms = await permissions_of(session, api_key.role) & await permissions_of(session, creator_role)
+    perms = await permissions_of(session, api_key.role) & await permissions_of(
+        session, creator_role
+    )
     ref = TenantRef(tenant.id, tenant.slug, tenant.schema_name)
     if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(seconds=60):
         touch = update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
@@ -286,8 +358,9 @@ async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Pri
             await session.execute(touch, execution_options={"it0_audit_exempt": True})
         else:
             await _touch_key(p, ref.schema, touch)
-    return Principal(user.id, user.username, ref, api_key.role, frozenset(perms),
-                     api_key_id=api_key.id)
+    return Principal(
+        user.id, user.username, ref, api_key.role, frozenset(perms), api_key_id=api_key.id
+    )
 
 
 async def _touch_key(p: Platform, schema: str, statement: Update) -> None:

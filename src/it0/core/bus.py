@@ -23,14 +23,7 @@ from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "EventBus",
-    "Handler",
-    "InProcessBus",
-    "Message",
-    "RedisStreamsBus",
-    "create_bus",
-]
+__all__ = ["EventBus", "Handler", "InProcessBus", "Message", "RedisStreamsBus", "create_bus"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +60,12 @@ def _dead_letter(message: Message, group: str) -> None:
         message.attempts,
         json.dumps(message.payload),
     )
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    # Loops only end by cancellation; anything else is a bug that must not pass silently.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("event bus loop %s crashed", task.get_name(), exc_info=exc)
 
 
 class EventBus(ABC):
@@ -110,8 +109,7 @@ class EventBus(ABC):
         self, topic: str, group: str, handler: Handler, *, consumer: str | None = None
     ) -> None:
         """Register a handler; after start() its consumer loop starts at once."""
-        if self._closed:
-            raise RuntimeError("event bus is closed")
+        self._check_open()
         sub = _Subscription(topic, group, handler, consumer or _default_consumer())
         self._subs.append(sub)
         self._on_subscribe(sub)
@@ -120,8 +118,7 @@ class EventBus(ABC):
 
     async def start(self) -> None:
         """Start a consumer loop per subscription."""
-        if self._closed:
-            raise RuntimeError("event bus is closed")
+        self._check_open()
         if not self._started:
             self._started = True
             for sub in self._subs:
@@ -146,6 +143,7 @@ class EventBus(ABC):
 
     def _launch(self, sub: _Subscription) -> None:
         sub.task = asyncio.create_task(self._consume(sub), name=f"bus:{sub.topic}:{sub.group}")
+        sub.task.add_done_callback(_log_crash)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -24,7 +24,12 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -94,7 +99,9 @@ class Database:
         if self.is_sqlite:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             self.tenant_dir.mkdir(parents=True, exist_ok=True)
-            url = settings.database_url or f"sqlite+aiosqlite:///{settings.data_dir / 'platform.db'}"
+            url = (
+                settings.database_url or f"sqlite+aiosqlite:///{settings.data_dir / 'platform.db'}"
+            )
             self.engine: AsyncEngine = create_async_engine(url, pool_size=8, max_overflow=8)
             _install_sqlite_hooks(self.engine, self.tenant_dir)
             self.platform_schema: str | None = None
@@ -201,6 +208,6 @@ def _attach_only(conn: Connection, schema: str | None, tenant_dir: Path) -> None
     path = tenant_dir / f"{schema}.db"
     if not path.exists() and not conn.get_execution_options().get("it0_create_tenant"):
         raise LookupError(f"tenant database {path.name} does not exist")
-    conn.exec_driver_sql(f"ATTACH DATABASE ? AS \"{schema}\"", (str(path),))
+    conn.exec_driver_sql(f'ATTACH DATABASE ? AS "{schema}"', (str(path),))
     conn.exec_driver_sql(f'PRAGMA "{schema}".journal_mode=WAL')
     attached.add(schema)

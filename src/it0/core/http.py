@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,16 +25,22 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "it0_http_requests_total", "HTTP requests", ["method", "route", "status"],
+            "it0_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "it0_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            "it0_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
             registry=self.registry,
         )
         self.bus_lag = Gauge(
-            "it0_bus_lag_messages", "Event bus messages not yet acknowledged",
-            ["topic", "group"], registry=self.registry,
+            "it0_bus_lag_messages",
+            "Event bus messages not yet acknowledged",
+            ["topic", "group"],
+            registry=self.registry,
         )
 
 
@@ -49,8 +56,13 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 8 <= len(incoming) <= 64 and incoming.isascii() and (
-            incoming.replace("-", "").isalnum()) else uuid.uuid4().hex
+        request_id = (
+            incoming
+            if 8 <= len(incoming) <= 64
+            and incoming.isascii()
+            and (incoming.replace("-", "").isalnum())
+            else uuid.uuid4().hex
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         status = 500
@@ -71,15 +83,30 @@ class RequestMiddleware:
             name = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(scope["method"], name, str(status)).inc()
             self.metrics.latency.labels(scope["method"], name).observe(elapsed)
-            log.info("request", extra={"method": scope["method"], "path": scope["path"],
-                                       "status": status, "duration_ms": round(elapsed * 1000, 2)})
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
             request_id_var.reset(token)
 
 
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
-                        status_code=status, headers=headers)
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or {}}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -97,8 +124,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [
-            {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body",
-             "message": err.get("msg", "invalid"), "type": err.get("type", "")}
+            {
+                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body",
+                "message": err.get("msg", "invalid"),
+                "type": err.get("type", ""),
+            }
             for err in exc.errors()
         ]
         first = fields[0]["field"] if fields else "request"
@@ -112,4 +142,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "internal error; the request id identifies it in the logs")
+        return _error(
+            500, "internal_error", "internal error; the request id identifies it in the logs"
+        )

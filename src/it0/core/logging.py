@@ -36,7 +36,9 @@ class JsonFormatter(logging.Formatter):
                 tb = tb.tb_next
             entry["error"] = type(exc).__name__
             if tb is not None:
-                entry["where"] = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+                entry["where"] = (
+                    f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+                )
         return json.dumps(entry, default=str)
 
 
@@ -44,7 +46,7 @@ class PlainFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
-    def formatException(self, ei: object) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: object) -> str:
         return ""
 
 

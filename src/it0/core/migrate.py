@@ -64,7 +64,8 @@ async def upgrade_tenant(db: Database, schema: str, *, create: bool = False) -> 
     async with engine.connect() as conn:
         if not db.is_sqlite:
             await conn.execute(
-                text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key(f"it0:migrate:{schema}")}
+                text("SELECT pg_advisory_xact_lock(:k)"),
+                {"k": advisory_key(f"it0:migrate:{schema}")},
             )
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         await conn.run_sync(lambda sync: command.upgrade(_config("tenant", sync, schema), "head"))

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".it0")
     database_url: str | None = Field(
         default=None,
-        description="postgresql+asyncpg://... for the scaled-out setup; SQLite under data_dir if unset",
+        description="postgresql+asyncpg://... to scale out; SQLite under data_dir if unset",
     )
     redis_url: str | None = None
     host: str = "127.0.0.1"

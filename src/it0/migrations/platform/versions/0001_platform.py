@@ -54,11 +54,15 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_memberships"),
         sa.ForeignKeyConstraint(
-            ["user_id"], [f"{PLATFORM}.users.id"], name="fk_memberships_user_id_users",
+            ["user_id"],
+            [f"{PLATFORM}.users.id"],
+            name="fk_memberships_user_id_users",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], [f"{PLATFORM}.tenants.id"], name="fk_memberships_tenant_id_tenants",
+            ["tenant_id"],
+            [f"{PLATFORM}.tenants.id"],
+            name="fk_memberships_tenant_id_tenants",
             ondelete="CASCADE",
         ),
         sa.UniqueConstraint("user_id", "tenant_id", name="uq_memberships_user_id_tenant_id"),
@@ -75,11 +79,15 @@ def upgrade() -> None:
         sa.Column("revoked_reason", sa.String(64), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_token_families"),
         sa.ForeignKeyConstraint(
-            ["user_id"], [f"{PLATFORM}.users.id"], name="fk_token_families_user_id_users",
+            ["user_id"],
+            [f"{PLATFORM}.users.id"],
+            name="fk_token_families_user_id_users",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], [f"{PLATFORM}.tenants.id"], name="fk_token_families_tenant_id_tenants",
+            ["tenant_id"],
+            [f"{PLATFORM}.tenants.id"],
+            name="fk_token_families_tenant_id_tenants",
             ondelete="CASCADE",
         ),
         schema=PLATFORM,
@@ -94,8 +102,10 @@ def upgrade() -> None:
         sa.Column("used_at", UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_refresh_tokens"),
         sa.ForeignKeyConstraint(
-            ["family_id"], [f"{PLATFORM}.token_families.id"],
-            name="fk_refresh_tokens_family_id_token_families", ondelete="CASCADE",
+            ["family_id"],
+            [f"{PLATFORM}.token_families.id"],
+            name="fk_refresh_tokens_family_id_token_families",
+            ondelete="CASCADE",
         ),
         sa.UniqueConstraint("token_hash", name="uq_refresh_tokens_token_hash"),
         schema=PLATFORM,
@@ -113,6 +123,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "login_throttle", "refresh_tokens", "token_families", "memberships", "users", "tenants"
+        "login_throttle",
+        "refresh_tokens",
+        "token_families",
+        "memberships",
+        "users",
+        "tenants",
     ):
         op.drop_table(table, schema=PLATFORM)

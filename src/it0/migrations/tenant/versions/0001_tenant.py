@@ -83,7 +83,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name="pk_audit_checkpoints"),
         schema=TENANT,
     )
-    _refuse_changes(op.get_context().config.attributes["schema"])
+    config = op.get_context().config
+    assert config is not None  # it0.core.migrate always passes one
+    _refuse_changes(config.attributes["schema"])
 
 
 def _refuse_changes(schema: str) -> None:
