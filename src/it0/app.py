@@ -112,9 +112,7 @@ async def checkpoint_all(p: Platform) -> int:
     written = 0
     try:
         async with p.db.session() as session:
-            tenants = (
-                (await session.execute(select(Tenant.slug, Tenant.schema_name))).tuples().all()
-            )
+            tenants = (await session.execute(select(Tenant.slug, Tenant.schema_name))).all()
         for slug, schema in tenants:
             async with p.db.session(schema, write=True) as session:
                 if await p.audit.checkpoint(session, (slug, schema)) is not None:

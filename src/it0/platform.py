@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from it0.audit.chain import AuditTrail
+from it0.audit.guard import install_audit_guard
 from it0.core.bus import EventBus, create_bus
 from it0.core.db import Database
 from it0.core.security import Passwords, TokenSigner, load_or_create_ed25519
@@ -23,6 +24,7 @@ class Platform:
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
+        install_audit_guard()
         signing_key, _ = load_or_create_ed25519(settings.signing_key_path)
         audit_key, _ = load_or_create_ed25519(settings.audit_key_path)
         return cls(

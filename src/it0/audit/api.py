@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import select
 
 from it0.audit.models import AuditEvent
@@ -38,8 +38,11 @@ class AuditEventPublic(BaseModel):
     @classmethod
     def of(cls, event: AuditEvent) -> AuditEventPublic:
         return cls.model_validate(
-            {**{k: getattr(event, k) for k in cls.model_fields if k not in ("id", "summary")},
-             "id": str(event.id), "summary": json.loads(event.summary)}
+            {
+                **{k: getattr(event, k) for k in cls.model_fields if k not in ("id", "summary")},
+                "id": str(event.id),
+                "summary": json.loads(event.summary),
+            }
         )
 
 
@@ -61,11 +64,13 @@ async def list_events(
     _: Reader,
     session: TenantSession,
     actor: Annotated[str | None, Query(max_length=200, description="actor id or name")] = None,
-    action: Annotated[str | None, Query(max_length=100, description="exact, or a prefix ending in '*'")] = None,
+    action: Annotated[
+        str | None, Query(max_length=100, description="exact, or a prefix ending in '*'")
+    ] = None,
     resource_type: Annotated[str | None, Query(max_length=64)] = None,
     resource_id: Annotated[str | None, Query(max_length=128)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: AwareDatetime | None = None,  # with a zone: the columns hold UTC instants
+    until: AwareDatetime | None = None,
     cursor: Annotated[int | None, Query(ge=1, description="seq to continue below")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
@@ -76,7 +81,8 @@ async def list_events(
     if action:
         query = query.where(
             AuditEvent.action.startswith(action[:-1], autoescape=True)
-            if action.endswith("*") else AuditEvent.action == action
+            if action.endswith("*")
+            else AuditEvent.action == action
         )
     if resource_type:
         query = query.where(AuditEvent.resource_type == resource_type)
@@ -100,8 +106,13 @@ async def list_events(
 @router.get("/verify")
 async def verify(principal: Reader, session: TenantSession, p: PlatformDep) -> VerifyReport:
     result = await p.audit.verify(session, principal.tenant.slug)
-    return VerifyReport(ok=result.ok, events=result.events, checkpoints=result.checkpoints,
-                        first_bad_seq=result.first_bad_seq, problem=result.problem)
+    return VerifyReport(
+        ok=result.ok,
+        events=result.events,
+        checkpoints=result.checkpoints,
+        first_bad_seq=result.first_bad_seq,
+        problem=result.problem,
+    )
 
 
 @router.get("/checkpoints", response_class=PlainTextResponse)
@@ -110,4 +121,3 @@ async def export_checkpoints(principal: Reader, session: TenantSession, p: Platf
     return "".join(
         line + "\n" for line in await p.audit.export_checkpoints(session, principal.tenant.slug)
     )
-

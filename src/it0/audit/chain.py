@@ -30,9 +30,12 @@ from it0.core.db import advisory_key
 from it0.core.security import public_key_b64, public_key_id
 
 GENESIS = "0" * 64
+HEADS = "it0_audit_heads"  # session.info key: chain heads seen in the current transaction
 ActorType = Literal["user", "api_key", "system", "agent", "anonymous"]
 
-_SECRET_FIELD = re.compile(r"pass(word|phrase)?|secret|token|private|credential|api_?key", re.I)
+_SECRET_FIELD = re.compile(
+    r"pass(word|phrase)?|secret|token|private|credential|authorization|api[-_]?key", re.I
+)
 REDACTED = "[redacted]"
 
 
@@ -72,7 +75,8 @@ def redact(value: Any) -> Any:
     return value
 
 
-def event_fields(event: AuditEvent) -> dict[str, Any]:
+def event_fields(event: Any) -> dict[str, Any]:
+    """The hashed fields of an event (an ``AuditEvent`` or a row of its table)."""
     return {
         "seq": event.seq,
         "id": str(event.id),
@@ -90,7 +94,7 @@ def event_fields(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def event_hash(prev_hash: str, event: AuditEvent) -> str:
+def event_hash(prev_hash: str, event: Any) -> str:
     return hashlib.sha256((prev_hash + canonical_json(event_fields(event))).encode()).hexdigest()
 
 
@@ -154,13 +158,18 @@ class AuditTrail:
     ) -> AuditEvent:
         """Append one event in the caller's transaction; ``tenant`` is (slug, schema)."""
         slug, schema = tenant
-        await self._lock(session, schema)
-        head = (
-            await session.execute(
-                select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-            )
-        ).first()
-        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        # the head is read once per transaction; the lock taken then holds until it ends
+        heads: dict[str, tuple[int, str]] = session.info.setdefault(HEADS, {})
+        head = heads.get(schema)
+        if head is None:
+            await self._lock(session, schema)
+            row = (
+                await session.execute(
+                    select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+                )
+            ).first()
+            head = (row[0], row[1]) if row else (0, GENESIS)
+        seq, prev_hash = head[0] + 1, head[1]
         event = AuditEvent(
             seq=seq,
             id=uuid7(),
@@ -179,9 +188,10 @@ class AuditTrail:
         )
         event.hash = event_hash(prev_hash, event)
         session.add(event)
+        heads[schema] = (seq, event.hash)
         if seq % self.checkpoint_every == 0:
+            await session.flush()
             await self._write_checkpoint(session, slug, seq, event.hash)
-        await session.flush()
         return event
 
     async def checkpoint(
@@ -302,6 +312,7 @@ class AuditTrail:
         head: int | None,
     ) -> None:
         prev_sig: str | None = None
+        last_good = 0
         for cp in stored:
             result.checkpoints += 1
             if cp.key_id != self.key_id:
@@ -315,7 +326,10 @@ class AuditTrail:
                     head + 1, f"events {head + 1}..{cp.seq} were cut off (checkpoint at {cp.seq})"
                 )
             elif session_hashes.get(cp.seq) not in (None, cp.head_hash):
-                result.fail(cp.seq, f"events up to {cp.seq} no longer match their checkpoint")
+                # like exported ones: any event after the last matching checkpoint may be bad
+                result.fail(last_good + 1, f"events after {last_good} do not match checkpoint {cp.seq}")
+            else:
+                last_good = cp.seq
             prev_sig = cp.signature
 
     def _check_exported(
@@ -369,24 +383,21 @@ def load_public_key(b64: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
 
 
-async def _events(session: AsyncSession, batch: int) -> AsyncGenerator[AuditEvent]:
-    """All events in sequence order, read in keyset pages to keep memory flat."""
+async def _events(session: AsyncSession, batch: int) -> AsyncGenerator[Any]:
+    """All events in sequence order as plain rows, read in keyset pages (flat memory)."""
+    columns = AuditEvent.__table__.c
     after = 0
     while True:
         page = (
-            await session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.seq > after)
-                .order_by(AuditEvent.seq)
-                .limit(batch)
+            await session.execute(
+                select(*columns).where(columns.seq > after).order_by(columns.seq).limit(batch)
             )
         ).all()
         if not page:
             return
-        for event in page:
-            yield event
+        for row in page:
+            yield row
         after = page[-1].seq
-        session.expunge_all()
 
 
 async def _hashes_at(session: AsyncSession, stored: Iterable[AuditCheckpoint]) -> dict[int, str]:
@@ -396,4 +407,4 @@ async def _hashes_at(session: AsyncSession, stored: Iterable[AuditCheckpoint]) -
     rows = await session.execute(
         select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.seq.in_(seqs))
     )
-    return {seq: h for seq, h in rows.tuples()}
+    return {seq: h for seq, h in rows}

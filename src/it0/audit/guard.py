@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
+from it0.audit.chain import HEADS
 from it0.core.errors import IT0Error
 
 _AUDIT_TABLES = frozenset({"audit_events", "audit_checkpoints"})
@@ -33,10 +34,14 @@ def _note(session: Session, tables: set[str]) -> None:
         session.info.setdefault("it0_changed", set()).update(changed)
 
 
-def _before_flush(session: Session, _flush: UOWTransaction, _instances: Any) -> None:
+def _note_pending(session: Session) -> None:
     objects = [*session.new, *session.deleted]
     objects += [obj for obj in session.dirty if session.is_modified(obj)]
     _note(session, {obj.__table__.name for obj in objects})
+
+
+def _before_flush(session: Session, _flush: UOWTransaction, _instances: Any) -> None:
+    _note_pending(session)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
@@ -50,6 +55,8 @@ def _on_execute(state: ORMExecuteState) -> None:
 
 
 def _before_commit(session: Session) -> None:
+    # commit() runs this hook before it flushes what is still pending: count that too
+    _note_pending(session)
     changed = session.info.get("it0_changed")
     if changed and not session.info.get("it0_audited"):
         raise UnauditedChange(
@@ -60,6 +67,7 @@ def _before_commit(session: Session) -> None:
 def _reset(session: Session, *_args: Any) -> None:
     session.info.pop("it0_changed", None)
     session.info.pop("it0_audited", None)
+    session.info.pop(HEADS, None)
 
 
 def install_audit_guard() -> None:

@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import AuditContext
-from it0.auth.errors import InvalidCredentials, MissingPermission
+from it0.auth.errors import InvalidCredentials, MissingPermission, UnknownTenant
 from it0.auth.tokens import (
     API_KEY_MARK,
     Principal,
@@ -71,7 +71,7 @@ async def current_principal(request: Request, p: PlatformDep) -> Principal:
     try:
         async with p.db.session(schema_for(slug)) as session:
             principal = await authenticate(p, session, credential)
-    except LookupError as exc:  # SQLite: no database file for that tenant
+    except (LookupError, UnknownTenant) as exc:  # no such tenant (SQLite: no database file)
         raise InvalidCredentials("invalid credential") from exc
     request.state.principal = principal
     return principal

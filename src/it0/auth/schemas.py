@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 SLUG = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
@@ -102,7 +102,7 @@ class RolePublic(BaseModel):
 class ApiKeyCreate(Body):
     name: str = Field(min_length=1, max_length=200)
     role: str | None = Field(default=None, pattern=ROLE, description="defaults to your own role")
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None  # a naive time cannot be compared to now
 
 
 class ApiKeyPublic(BaseModel):

@@ -81,7 +81,7 @@ async def members(session: AsyncSession, tenant_id: uuid.UUID) -> list[tuple[Use
         .where(Membership.tenant_id == tenant_id)
         .order_by(User.username)
     )
-    return [(user, role) for user, role in rows.tuples()]
+    return [(user, role) for user, role in rows]
 
 
 async def member(

@@ -217,6 +217,8 @@ async def refresh(p: Platform, token: str, ctx: AuditContext) -> TokenPair:
     """Rotate a refresh token; presenting one that was already used revokes its family."""
     slug = tenant_of_credential(token)
     schema = schema_for(slug)
+    async with p.db.session() as session:  # the tenant first: SQLite has no file for unknown ones
+        await find_tenant(session, slug)
     now = utcnow()
     reused = False
     async with p.db.session(schema, write=True) as session:
@@ -328,6 +330,9 @@ async def authenticate(p: Platform, session: AsyncSession, credential: str) -> P
 async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Principal:
     slug, rest = key.split("_", 2)[1:]
     prefix = f"{API_KEY_MARK}{slug}_{rest[:8]}"
+    # the tenant first: its schema must exist before anything in it is queried
+    if await session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is None:
+        raise InvalidCredentials("invalid API key")
     row = (
         await session.execute(
             select(ApiKey, User, Membership.role, Tenant)

@@ -39,13 +39,21 @@ def load_or_create_ed25519(path: Path) -> tuple[Ed25519PrivateKey, bool]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # O_EXCL: two processes starting at once must not overwrite each other's key
+    # Two processes starting at once must neither overwrite each other's key nor read a
+    # half-written file: write a private temp file, then link it into place (fails if taken).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_or_create_ed25519(path)[0], False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create_ed25519(path)[0], False
+    finally:
+        tmp.unlink(missing_ok=True)
     return key, True
 
 

@@ -1,0 +1,3 @@
+from it0.cli import main
+
+main()
