@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from it0.bench import app as bench_app
 from it0.core.settings import ALL_ROLES, Role, Settings
 
 T = TypeVar("T")
@@ -36,6 +37,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(audit_app, name="audit")
 audit_app.add_typer(checkpoint_app, name="checkpoint")
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)

@@ -283,9 +283,19 @@ class AuditTrail:
                     )
                     break
                 if event_hash(event.prev_hash, event) != event.hash:
-                    result.fail(
-                        event.seq, f"event {event.seq} was modified (its hash does not match)"
-                    )
+                    # renumbered after rows were put in before it: it still links to its
+                    # original predecessor, so the first bad event is the one after that
+                    origin = await _seq_of_hash(session, event.prev_hash, prev_hash)
+                    if origin is not None and origin < event.seq - 1:
+                        result.fail(
+                            origin + 1,
+                            f"events {origin + 1}..{event.seq - 1} were inserted "
+                            f"(event {event.seq} links to event {origin})",
+                        )
+                    else:
+                        result.fail(
+                            event.seq, f"event {event.seq} was modified (its hash does not match)"
+                        )
                     break
                 if event.prev_hash != prev_hash:
                     bad = max(event.seq - 1, 1)
@@ -327,7 +337,9 @@ class AuditTrail:
                 )
             elif session_hashes.get(cp.seq) not in (None, cp.head_hash):
                 # like exported ones: any event after the last matching checkpoint may be bad
-                result.fail(last_good + 1, f"events after {last_good} do not match checkpoint {cp.seq}")
+                result.fail(
+                    last_good + 1, f"events after {last_good} do not match checkpoint {cp.seq}"
+                )
             else:
                 last_good = cp.seq
             prev_sig = cp.signature
@@ -398,6 +410,14 @@ async def _events(session: AsyncSession, batch: int) -> AsyncGenerator[Any]:
         for row in page:
             yield row
         after = page[-1].seq
+
+
+async def _seq_of_hash(session: AsyncSession, wanted: str, running: str) -> int | None:
+    """The seq of the event whose hash is ``wanted`` (looked up only when the link broke)."""
+    if wanted == running:
+        return None
+    query = select(AuditEvent.seq).where(AuditEvent.hash == wanted).limit(1)
+    return await session.scalar(query)
 
 
 async def _hashes_at(session: AsyncSession, stored: Iterable[AuditCheckpoint]) -> dict[int, str]:

@@ -190,6 +190,10 @@ async def update_member(
     # nobody changes someone who holds more than they do
     await ensure_grantable(audit.session, membership.role, principal.permissions)
     changes = body.model_dump(exclude_none=True)
+    if body.display_name is not None or body.is_active is not None:  # the account, not the role
+        await service.ensure_account_in_reach(
+            audit.session, principal.tenant.id, user, platform_admin=principal.is_platform_admin
+        )
     if body.role is not None:
         await ensure_grantable(audit.session, body.role, principal.permissions)
         membership.role = body.role
@@ -222,6 +226,9 @@ async def set_member_password(
 ) -> Response:
     user, membership = await service.member(audit.session, principal.tenant.id, user_id)
     await ensure_grantable(audit.session, membership.role, principal.permissions)
+    await service.ensure_account_in_reach(
+        audit.session, principal.tenant.id, user, platform_admin=principal.is_platform_admin
+    )
     await service.set_password(
         p, audit.session, principal.tenant, audit.context, user, body.password.get_secret_value()
     )

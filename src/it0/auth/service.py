@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import AuditContext
+from it0.auth.errors import RoleTooStrong
 from it0.auth.models import ApiKey, Membership, Tenant, User
 from it0.auth.roles import ensure_grantable
 from it0.auth.schemas import SLUG
@@ -100,6 +101,26 @@ async def member(
     return row[0], row[1]
 
 
+async def ensure_account_in_reach(
+    session: AsyncSession, tenant_id: uuid.UUID, user: User, *, platform_admin: bool
+) -> None:
+    """Users are platform-wide: the password, status or name of an account that is also a
+    member elsewhere (or a platform administrator) is changed by platform administrators only,
+    or one tenant's owner could take over the account in every other tenant."""
+    if platform_admin:
+        return
+    elsewhere = await session.scalar(
+        select(Membership.id)
+        .where(Membership.user_id == user.id, Membership.tenant_id != tenant_id)
+        .limit(1)
+    )
+    if user.is_platform_admin or elsewhere is not None:
+        raise RoleTooStrong(
+            "this account is shared with other tenants; only a platform administrator can "
+            "change its password, status or name"
+        )
+
+
 async def add_member(
     p: Platform,
     session: AsyncSession,
@@ -116,6 +137,7 @@ async def add_member(
     """Create a user with a membership, or (for platform admins) add an existing user."""
     await ensure_grantable(session, role, granter)
     user = await session.scalar(select(User).where(User.username == username))
+    created = user is None
     if user is None:
         if password is None:
             raise ValidationFailed("a new user needs a password", details={"field": "password"})
@@ -143,7 +165,7 @@ async def add_member(
         "user.add",
         "user",
         user.id,
-        {"username": username, "role": role, "created": password is not None},
+        {"username": username, "role": role, "created": created},
     )
     return user
 
