@@ -10,13 +10,13 @@ import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
-from tests.services import ServerHandle, postgres_server, redis_server
 
 from it0.app import create_app
 from it0.audit import install_audit_guard
 from it0.auth.bootstrap import bootstrap
 from it0.core.settings import Settings
 from it0.platform import Platform
+from tests.services import ServerHandle, postgres_server, redis_server
 
 
 def _serve(start: Callable[[], ServerHandle]) -> Iterator[str]:

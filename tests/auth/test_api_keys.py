@@ -314,7 +314,7 @@ async def test_key_for_an_unknown_role_is_refused(
     response = await client.post(
         f"{API}/api-keys", json={"name": "k", "role": "nonexistent"}, headers=admin
     )
-    assert response.status_code == 404
+    assert response.status_code == 422
     assert error_of(response)["details"]["field"] == "role"
 
 

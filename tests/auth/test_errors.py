@@ -192,3 +192,23 @@ async def test_responses_carry_a_request_id(client: httpx.AsyncClient) -> None:
     assert response.headers["x-request-id"] == "abcdef0123456789"
     response = await client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert response.headers["x-request-id"] != "bad id with spaces"
+
+
+async def test_nul_characters_are_refused_everywhere(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    """PostgreSQL cannot store NUL in text: bodies, paths and queries get a 422, never a 500."""
+    response = await client.post(
+        f"{API}/tenants", json={"slug": "nul", "name": "a\x00b"}, headers=admin
+    )
+    assert response.status_code == 422
+    assert code_of(response) == "validation_error"
+    response = await client.post(
+        f"{API}/auth/login", json={"tenant": "default", "username": "ad\x00min", "password": "x"}
+    )
+    assert response.status_code == 422
+    response = await client.delete(f"{API}/roles/a%00b", headers=admin)
+    assert response.status_code == 422
+    assert code_of(response) == "validation_error"
+    response = await client.get(f"{API}/audit/events?actor=a%00", headers=admin)
+    assert response.status_code == 422

@@ -189,12 +189,33 @@ async def test_set_password_then_log_in_with_it(
     assert response.status_code == 401
     [event] = await audit_events(client, admin, "user.password")
     assert event["resource_id"] == user["id"]
-    assert event["summary"] == {"username": "sam"}
+    assert event["summary"] == {"username": "sam", "sessions_ended": 0}
+
+
+async def test_password_reset_ends_every_login(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    user = await add_member(client, admin, "tom")
+    first = await login_tokens(client, "tom", PASSWORD)
+    second = await login_tokens(client, "tom", PASSWORD)
+    response = await client.put(
+        f"{API}/users/{user['id']}/password", json={"password": "toms-new-password"}, headers=admin
+    )
+    assert response.status_code == 204
+    for tokens in (first, second):
+        response = await client.get(f"{API}/auth/me", headers=bearer(tokens["access_token"]))
+        assert response.status_code == 401
+        assert code_of(response) == "token_revoked"
+        response = await client.post(
+            f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
+        assert code_of(response) == "token_revoked"
 
 
 async def test_change_own_password(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
     await add_member(client, admin, "cleo")
     cleo = bearer((await login_tokens(client, "cleo", PASSWORD))["access_token"])
+    other = bearer((await login_tokens(client, "cleo", PASSWORD))["access_token"])
     response = await client.post(
         f"{API}/auth/password",
         json={"current_password": "not-my-password", "new_password": "cleos-new-password"},
@@ -212,6 +233,9 @@ async def test_change_own_password(client: httpx.AsyncClient, admin: dict[str, s
     assert response.status_code == 204
     await login_tokens(client, "cleo", "cleos-new-password")
     assert (await try_login(client, "cleo", PASSWORD)).status_code == 401
+    # the session that changed the password goes on; the user's other logins end
+    assert (await client.get(f"{API}/auth/me", headers=cleo)).status_code == 200
+    assert (await client.get(f"{API}/auth/me", headers=other)).status_code == 401
 
 
 @pytest.mark.parametrize("password", ["", "short", "123456789"])

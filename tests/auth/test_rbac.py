@@ -288,5 +288,5 @@ async def test_unknown_role_cannot_be_assigned(
         json={"username": "nora", "password": PASSWORD, "role": "no-such-role"},
         headers=admin,
     )
-    assert response.status_code == 404
+    assert response.status_code == 422
     assert error_of(response)["details"]["field"] == "role"

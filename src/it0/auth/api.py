@@ -100,6 +100,7 @@ async def change_password(
         audit.context,
         user,
         body.new_password.get_secret_value(),
+        keep_family=principal.family_id,
     )
     return Response(status_code=204)
 

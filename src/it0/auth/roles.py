@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from it0.auth.errors import RoleTooStrong, UnknownPermission
 from it0.auth.models import Role
 from it0.auth.permissions import BUILTIN_ROLES, unknown_permissions
-from it0.core.errors import ConflictError, NotFoundError, ValidationFailed
+from it0.core.errors import ConflictError, ValidationFailed
 
 
 async def permissions_of(session: AsyncSession, role: str) -> set[str]:
@@ -28,7 +28,7 @@ async def ensure_grantable(session: AsyncSession, role: str, granter: Iterable[s
         role not in BUILTIN_ROLES
         and await session.scalar(select(Role.id).where(Role.name == role)) is None
     ):
-        raise NotFoundError(f"unknown role {role!r}", details={"field": "role"})
+        raise ValidationFailed(f"unknown role {role!r}", details={"field": "role"})
     perms = await permissions_of(session, role)
     missing = sorted(perms - set(granter))
     if missing:

@@ -7,13 +7,11 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
+from it0.core.schemas import Body
+
 SLUG = r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$"
 USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 ROLE = r"^[a-z][a-z0-9_-]{1,63}$"
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class LoginRequest(Body):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import AuditContext
 from it0.auth.errors import RoleTooStrong
-from it0.auth.models import ApiKey, Membership, Tenant, User
+from it0.auth.models import ApiKey, Membership, Tenant, TokenFamily, User
 from it0.auth.roles import ensure_grantable
 from it0.auth.schemas import SLUG
 from it0.auth.tokens import API_KEY_MARK, TenantRef
@@ -135,14 +136,18 @@ async def add_member(
     may_adopt: bool = False,
 ) -> User:
     """Create a user with a membership, or (for platform admins) add an existing user."""
+    # hashed before the first query, so the (SQLite) write lock is not held while hashing
+    password_hash = await asyncio.to_thread(p.passwords.hash, password) if password else None
     await ensure_grantable(session, role, granter)
     user = await session.scalar(select(User).where(User.username == username))
     created = user is None
     if user is None:
-        if password is None:
+        if password_hash is None:
             raise ValidationFailed("a new user needs a password", details={"field": "password"})
         user = User(
-            username=username, display_name=display_name, password_hash=p.passwords.hash(password)
+            username=username,
+            display_name=display_name,
+            password_hash=password_hash,
         )
         session.add(user)
         await session.flush()
@@ -177,11 +182,29 @@ async def set_password(
     ctx: AuditContext,
     user: User,
     password: str,
+    *,
+    keep_family: uuid.UUID | None = None,
 ) -> None:
-    user.password_hash = p.passwords.hash(password)
-    user.password_changed_at = utcnow()
+    """Set the password and end every login of the user (but ``keep_family``, the caller's)."""
+    user.password_hash = await asyncio.to_thread(p.passwords.hash, password)
+    user.password_changed_at = now = utcnow()
+    ended = await session.execute(
+        update(TokenFamily)
+        .where(
+            TokenFamily.user_id == user.id,
+            TokenFamily.revoked_at.is_(None),
+            TokenFamily.id != keep_family if keep_family else true(),
+        )
+        .values(revoked_at=now, revoked_reason="password_changed")
+    )
     await p.audit.record(
-        session, tenant.pair, ctx, "user.password", "user", user.id, {"username": user.username}
+        session,
+        tenant.pair,
+        ctx,
+        "user.password",
+        "user",
+        user.id,
+        {"username": user.username, "sessions_ended": ended.rowcount},  # type: ignore[attr-defined]
     )
 
 

@@ -181,7 +181,9 @@ def _install_sqlite_hooks(engine: AsyncEngine, tenant_dir: Path) -> None:
         cursor = dbapi_conn.cursor()
         for pragma in (
             "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=NORMAL",
+            # FULL, as SQLite already uses for attached tenant files: an acknowledged change
+            # and its audit event survive a power loss
+            "PRAGMA synchronous=FULL",
             "PRAGMA foreign_keys=ON",
             "PRAGMA busy_timeout=10000",
         ):

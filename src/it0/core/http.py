@@ -55,6 +55,11 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if b"%00" in scope.get("raw_path", b"") or b"%00" in scope.get("query_string", b""):
+            # PostgreSQL cannot store NUL in text; refuse it here for every route at once
+            response = _error(422, "validation_error", "NUL characters are not accepted")
+            await response(scope, receive, send)
+            return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = (
             incoming
