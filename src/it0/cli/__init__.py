@@ -1,0 +1,29 @@
+"""The ``it0`` command.
+
+Data commands (tenant, user, apikey, audit) work directly against the configured database
+(``IT0_DATA_DIR`` / ``IT0_DATABASE_URL``), which is how a fresh install is bootstrapped and
+administered on the machine that runs it. Given ``--url`` (or ``IT0_URL``) and an API key
+(``--key`` / ``IT0_API_KEY``) they talk to a running server over its API instead.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from it0.bench import app as bench_app
+from it0.cli.audit import audit_app
+from it0.cli.serve import migrate, serve
+from it0.cli.tenancy import apikey_app, tenant_app, user_app
+
+app = typer.Typer(help="IT0: AI-powered operations for server clusters.", no_args_is_help=True)
+app.command()(serve)
+app.command()(migrate)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(audit_app, name="audit")
+app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    app()
