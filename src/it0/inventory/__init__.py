@@ -1,0 +1,1 @@
+"""Inventory: servers, clusters, selectors, the credential vault and pinned host keys."""
