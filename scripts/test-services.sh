@@ -7,6 +7,7 @@ set -euo pipefail
 REQUIREMENTS=(
     "postgresql|/usr/lib/postgresql/*/bin/postgres"
     "redis-server|/usr/bin/redis-server /usr/sbin/redis-server"
+    "openssh-server|/usr/sbin/sshd"
 )
 
 present() {
