@@ -8,6 +8,7 @@ REQUIREMENTS=(
     "postgresql|/usr/lib/postgresql/*/bin/postgres"
     "redis-server|/usr/bin/redis-server /usr/sbin/redis-server"
     "openssh-server|/usr/sbin/sshd"
+    "sudo|/usr/bin/sudo"
 )
 
 present() {

@@ -207,7 +207,7 @@ def test_first_start_prints_the_admin_password_once(
     assert first.stderr().count(password) == 1  # the banner only, never a log line
 
     keys = sorted((data_dir / "keys").iterdir())
-    assert [k.name for k in keys] == ["audit-checkpoint.key", "signing.key"]
+    assert [k.name for k in keys] == ["audit-checkpoint.key", "master.key", "signing.key"]
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key.name
     assert stat.S_IMODE((data_dir / "keys").stat().st_mode) == 0o700

@@ -23,6 +23,9 @@ from it0.auth.models import LoginThrottle, RefreshToken, Tenant
 from it0.core.clock import utcnow
 from it0.core.http import Metrics, RequestMiddleware, install_error_handlers
 from it0.core.settings import ALL_ROLES, Role, Settings
+from it0.inventory.api import router as inventory_router
+from it0.inventory.credentials import router as credentials_router
+from it0.inventory.facts import subscribe_fact_gathering
 from it0.platform import Platform
 
 log = logging.getLogger("it0")
@@ -44,6 +47,8 @@ def create_app(
         owned = platform is None
         p = platform or Platform.create(settings)
         app.state.platform = p
+        if "worker" in roles:
+            subscribe_fact_gathering(p)
         await p.bus.start()
         loops = []
         if "scheduler" in roles:
@@ -104,6 +109,8 @@ def create_app(
     if "api" in roles:
         app.include_router(auth_router)
         app.include_router(audit_router)
+        app.include_router(inventory_router)
+        app.include_router(credentials_router)
     return app
 
 

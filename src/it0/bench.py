@@ -35,7 +35,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from it0.execution.bench import fanout
+
 app = typer.Typer(help="Benchmarks (figures, not tests).", no_args_is_help=True)
+app.command("fanout")(fanout)
 out = Console()
 err = Console(stderr=True)
 

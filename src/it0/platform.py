@@ -11,6 +11,8 @@ from it0.core.bus import EventBus, create_bus
 from it0.core.db import Database
 from it0.core.security import Passwords, TokenSigner, load_or_create_ed25519
 from it0.core.settings import Settings
+from it0.execution import ConnectionPool, FleetExecutor, LocalExecutor
+from it0.inventory.vault import Vault
 
 
 @dataclass
@@ -21,16 +23,20 @@ class Platform:
     passwords: Passwords
     signer: TokenSigner
     audit: AuditTrail
+    vault: Vault
+    executor: FleetExecutor
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
         install_audit_guard()
         signing_key, _ = load_or_create_ed25519(settings.signing_key_path)
         audit_key, _ = load_or_create_ed25519(settings.audit_key_path)
+        db, bus = Database(settings), create_bus(settings.redis_url)
+        db.publisher = bus.publish
         return cls(
             settings=settings,
-            db=Database(settings),
-            bus=create_bus(settings.redis_url),
+            db=db,
+            bus=bus,
             passwords=Passwords(
                 time_cost=settings.argon2_time_cost,
                 memory_kib=settings.argon2_memory_kib,
@@ -38,8 +44,23 @@ class Platform:
             ),
             signer=TokenSigner(signing_key, timedelta(seconds=settings.access_token_ttl)),
             audit=AuditTrail(audit_key, checkpoint_every=settings.audit_checkpoint_every),
+            vault=Vault.from_settings(settings),
+            executor=_executor(settings),
         )
 
     async def close(self) -> None:
-        await self.bus.close()
+        await self.bus.close()  # first: a worker's handler may still use the executor
+        await self.executor.close()
         await self.db.dispose()
+
+
+def _executor(settings: Settings) -> FleetExecutor:
+    pool = ConnectionPool(
+        max_concurrency=settings.exec_max_concurrency,
+        per_host_concurrency=settings.exec_per_host_concurrency,
+        connect_timeout=settings.exec_connect_timeout,
+        idle_timeout=settings.exec_pool_idle_timeout,
+    )
+    return FleetExecutor(
+        pool=pool, local=LocalExecutor(max_concurrency=settings.exec_max_concurrency)
+    )

@@ -1,6 +1,7 @@
 """Tenants are isolated: probed generically over every route of the app.
 
-Tenant ``other`` gets a member, a custom role, an API key and audit events. The bootstrap
+Tenant ``other`` gets a member, a custom role, an API key, a cluster, a server in it and
+audit events. The bootstrap
 admin, acting in ``default`` (where it is owner, and a platform administrator), then
 addresses each of ``other``'s resources through every route that takes a path parameter:
 each must be 404 (not 403, which would confirm that the resource exists, and certainly not
@@ -43,6 +44,9 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "role": "owner",
     "display_name": "probed",
     "is_active": False,
+    "name": "probed",
+    "address": "198.51.100.66",
+    "description": "probed",
 }
 
 
@@ -58,14 +62,24 @@ class Other:
     key: str
     audit_ids: list[str]
     admin: dict[str, str]
+    server_id: str
+    server_name: str
+    cluster_id: str
+    cluster_name: str
 
     @property
     def uuids(self) -> list[str]:
-        return [self.member_id, self.key_id, *self.audit_ids[:3]]
+        return [self.member_id, self.key_id, self.server_id, self.cluster_id, *self.audit_ids[:3]]
 
     @property
     def strings(self) -> list[str]:
-        return [self.role_name, self.member_name, self.key_prefix]
+        return [
+            self.role_name,
+            self.member_name,
+            self.key_prefix,
+            self.server_name,
+            self.cluster_name,
+        ]
 
     @property
     def secrets(self) -> list[str]:
@@ -76,6 +90,10 @@ class Other:
             self.role_name,
             self.key_id,
             self.key_prefix,
+            self.server_id,
+            self.server_name,
+            self.cluster_id,
+            self.cluster_name,
             *self.audit_ids,
         ]
 
@@ -94,10 +112,30 @@ async def _setup_other(client: httpx.AsyncClient, admin: dict[str, str]) -> Othe
     role = await create_role(client, other_admin, "other-auditor", ["audit:read"])
     key = await create_key(client, other_admin, name="other key", role="viewer")
     assert key["prefix"].startswith("it0_other_")
+    response = await client.post(
+        f"{API}/clusters",
+        json={"name": "other-cluster", "labels": {"region": "other"}},
+        headers=other_admin,
+    )
+    assert response.status_code == 201, response.text
+    cluster = response.json()
+    response = await client.post(
+        f"{API}/servers",
+        json={"name": "other-db-1", "address": "203.0.113.77", "cluster": "other-cluster"},
+        headers=other_admin,
+    )
+    assert response.status_code == 201, response.text
+    server = response.json()
     events = await audit_events(client, other_admin)
-    assert {"tenant.create", "auth.login", "user.add", "role.create", "apikey.create"} <= {
-        e["action"] for e in events
-    }
+    assert {
+        "tenant.create",
+        "auth.login",
+        "user.add",
+        "role.create",
+        "apikey.create",
+        "cluster.create",
+        "server.create",
+    } <= {e["action"] for e in events}
     return Other(
         member_id=member["id"],
         member_name=member["username"],
@@ -107,6 +145,10 @@ async def _setup_other(client: httpx.AsyncClient, admin: dict[str, str]) -> Othe
         key=key["key"],
         audit_ids=[e["id"] for e in events],
         admin=other_admin,
+        server_id=server["id"],
+        server_name=server["name"],
+        cluster_id=cluster["id"],
+        cluster_name=cluster["name"],
     )
 
 
@@ -178,6 +220,15 @@ async def test_other_tenants_resources_are_not_found_through_any_route(
         keys = (await client.get(f"{API}/api-keys", headers=other.admin)).json()
         assert [k["revoked_at"] for k in keys if k["id"] == other.key_id] == [None]
         assert (await me(client, bearer(other.key)))["tenant"] == "other"
+        server = (await client.get(f"{API}/servers/{other.server_id}", headers=other.admin)).json()
+        assert (server["name"], server["address"], server["cluster"]) == (
+            other.server_name,
+            "203.0.113.77",
+            other.cluster_name,
+        )
+        cluster = await client.get(f"{API}/clusters/{other.cluster_id}", headers=other.admin)
+        assert cluster.json()["name"] == other.cluster_name
+        assert cluster.json()["description"] == ""
 
 
 async def test_list_routes_do_not_show_other_tenants_data(platform: Platform) -> None:
@@ -189,6 +240,10 @@ async def test_list_routes_do_not_show_other_tenants_data(platform: Platform) ->
         # default has data of its own of the same kinds, so the lists are not trivially empty
         await add_member(client, admin, "dave-default")
         await create_role(client, admin, "default-auditor", ["audit:read"])
+        cluster = {"name": "dave-default-cluster"}
+        assert (await client.post(f"{API}/clusters", json=cluster, headers=admin)).is_success
+        server = {"name": "dave-default-web", "address": "192.0.2.1", "cluster": cluster["name"]}
+        assert (await client.post(f"{API}/servers", json=server, headers=admin)).is_success
 
         listed = 0
         for route in api_routes(app):
@@ -209,10 +264,11 @@ async def test_list_routes_do_not_show_other_tenants_data(platform: Platform) ->
         assert "dave-default" in users
         roles = (await client.get(f"{API}/roles", headers=admin)).text
         assert "default-auditor" in roles
+        assert "dave-default-web" in (await client.get(f"{API}/servers", headers=admin)).text
         keys = (await client.get(f"{API}/api-keys", headers=admin)).json()
         assert len(keys) == 1
         # the other way round: other's lists do not show default's data either
-        for path in ("/users", "/roles", "/api-keys", "/audit/events"):
+        for path in ("/users", "/roles", "/api-keys", "/audit/events", "/servers", "/clusters"):
             text = (await client.get(f"{API}{path}", headers=other.admin)).text
             assert "dave-default" not in text
             assert "default-auditor" not in text

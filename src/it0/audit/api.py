@@ -73,7 +73,9 @@ async def list_events(
     resource_id: Annotated[str | None, Query(max_length=128)] = None,
     since: AwareDatetime | None = None,  # with a zone: the columns hold UTC instants
     until: AwareDatetime | None = None,
-    cursor: Annotated[int | None, Query(ge=1, description="seq to continue below")] = None,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="seq to continue below")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""

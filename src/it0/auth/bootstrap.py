@@ -1,4 +1,5 @@
-"""First start: migrate, then create tenant ``default`` and its owner ``admin``."""
+"""First start: migrate, then create tenant ``default`` and its owner ``admin`` (and, on the
+embedded SQLite default, server ``localhost``: the control-plane host itself)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from it0.auth.permissions import TENANT_PERMISSIONS
 from it0.auth.tokens import TenantRef
 from it0.core.errors import ConflictError
 from it0.core.migrate import upgrade_all
+from it0.inventory.service import TenantRecorder, register_control_plane
 from it0.platform import Platform
 
 DEFAULT_TENANT = "default"
@@ -54,4 +56,6 @@ async def bootstrap(p: Platform) -> Bootstrap:
             may_adopt=True,
         )
         user.is_platform_admin = True
+        if p.db.is_sqlite:  # the embedded default: the host IT0 runs on is there to look at
+            await register_control_plane(TenantRecorder(p, session, ref.pair, ctx))
     return Bootstrap(created=True, admin_password=None if (given or existing) else password)

@@ -130,6 +130,10 @@ class AuditLog:
     principal: Principal
     context: AuditContext
 
+    @property
+    def tenant_pair(self) -> tuple[str, str]:
+        return self.principal.tenant.pair
+
     async def record(
         self,
         action: str,

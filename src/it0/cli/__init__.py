@@ -12,8 +12,10 @@ import typer
 
 from it0.bench import app as bench_app
 from it0.cli.audit import audit_app
+from it0.cli.inventory import clusters_app, servers_app
 from it0.cli.serve import migrate, serve
 from it0.cli.tenancy import apikey_app, tenant_app, user_app
+from it0.cli.vault import credentials_app, vault_app
 
 app = typer.Typer(help="IT0: AI-powered operations for server clusters.", no_args_is_help=True)
 app.command()(serve)
@@ -22,6 +24,10 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(audit_app, name="audit")
+app.add_typer(servers_app, name="servers")
+app.add_typer(clusters_app, name="clusters")
+app.add_typer(credentials_app, name="credentials")
+app.add_typer(vault_app, name="vault")
 app.add_typer(bench_app, name="bench")
 
 

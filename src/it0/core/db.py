@@ -15,8 +15,9 @@ that serves the session; any other tenant attached earlier is detached first.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,16 @@ from it0.core.settings import Settings
 PLATFORM = "platform"
 TENANT = "tenant"
 PG_PLATFORM_SCHEMA = "it0"
+OUTBOX = "it0_outbox"
+
+log = logging.getLogger(__name__)
+Publisher = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+def publish_after_commit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> None:
+    """Publish an event once ``session`` has committed (never when it rolls back)."""
+    session.info.setdefault(OUTBOX, []).append((topic, payload))
+
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -112,6 +123,7 @@ class Database:
             )
             self.platform_schema = PG_PLATFORM_SCHEMA
         self._makers: dict[tuple[str | None, bool], async_sessionmaker[AsyncSession]] = {}
+        self.publisher: Publisher | None = None  # the event bus, set by the platform
 
     @property
     def tenant_dir(self) -> Path:
@@ -159,8 +171,19 @@ class Database:
                 yield session
                 await session.commit()
             except BaseException:
+                session.info.pop(OUTBOX, None)
                 await session.rollback()
                 raise
+            await self._publish(session.info.pop(OUTBOX, []))
+
+    async def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        for topic, payload in events:
+            if self.publisher is None:
+                continue
+            try:
+                await self.publisher(topic, payload)
+            except Exception as exc:  # committed already: a lost event must not fail the request
+                log.warning("publishing %s after commit failed: %s", topic, type(exc).__name__)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     signing_key_file: Path | None = None
     audit_key_file: Path | None = None
+    # the vault's master key: base64 of 32 bytes, or else a key file (created on first start)
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
 
     access_token_ttl: int = Field(default=900, ge=30, description="seconds")
     refresh_token_ttl: int = Field(default=30 * 86400, ge=60, description="seconds")
@@ -42,6 +45,16 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=4, ge=1)
 
     audit_checkpoint_every: int = Field(default=1000, ge=1)
+
+    # the executor: SSH connection pool and local commands
+    exec_max_concurrency: int = Field(default=200, ge=1, description="commands at once")
+    exec_per_host_concurrency: int = Field(
+        default=8, ge=1, description="commands at once per host (below sshd's MaxSessions)"
+    )
+    exec_connect_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    exec_command_timeout: float = Field(default=60.0, gt=0, description="seconds")
+    exec_output_cap: int = Field(default=1024 * 1024, ge=1024, description="bytes per stream")
+    exec_pool_idle_timeout: float = Field(default=300.0, gt=0, description="seconds")
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -66,3 +79,7 @@ class Settings(BaseSettings):
     @property
     def audit_key_path(self) -> Path:
         return self.audit_key_file or self.data_dir / "keys" / "audit-checkpoint.key"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "keys" / "master.key"
