@@ -144,6 +144,18 @@ async def _ensure_name_free(
         raise NameTaken(f"a {what} named {name!r} already exists", details={"field": "name"})
 
 
+async def _apply_changes(
+    session: AsyncSession, row: Server | Cluster, new: dict[str, Any], kind: str
+) -> dict[str, Any]:
+    """Set the fields of ``new`` that differ on ``row``; returns those, flushed."""
+    changes = {k: v for k, v in new.items() if getattr(row, k) != v}
+    for key, value in changes.items():
+        setattr(row, key, value)
+    if changes:
+        await _flush(session, row.name, kind)
+    return changes
+
+
 async def _flush(session: AsyncSession, name: str, what: str) -> None:
     try:
         await session.flush()
@@ -230,12 +242,9 @@ async def update_server(audit: Recorder, server: Server, body: ServerUpdate) -> 
         await check_credential(session, given["credential_id"])
     if "labels" in given:
         new["labels"] = _merge_labels(server.labels, given["labels"])
-    changes = {k: v for k, v in new.items() if getattr(server, k) != v}
+    changes = await _apply_changes(session, server, new, "server")
     if not changes:
         return server
-    for key, value in changes.items():
-        setattr(server, key, value)
-    await _flush(session, server.name, "server")
     summary = {k: v for k, v in changes.items() if k != "cluster_id"}
     if "cluster_id" in changes:
         summary["cluster"] = cluster_name  # the name says more in the trail than the id
@@ -322,12 +331,9 @@ async def update_cluster(audit: Recorder, cluster: Cluster, body: ClusterUpdate)
     new = dict(given)
     if "labels" in given:
         new["labels"] = _merge_labels(cluster.labels, given["labels"])
-    changes = {k: v for k, v in new.items() if getattr(cluster, k) != v}
+    changes = await _apply_changes(session, cluster, new, "cluster")
     if not changes:
         return cluster
-    for key, value in changes.items():
-        setattr(cluster, key, value)
-    await _flush(session, cluster.name, "cluster")
     await audit.record(
         "cluster.update", "cluster", cluster.id, {"name": cluster.name, "changes": changes}
     )
