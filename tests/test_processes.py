@@ -1,24 +1,18 @@
 """Real ``it0 serve`` processes: bootstrap, two API replicas on one database, roles, ops routes.
 
-Every server is started as ``python -m it0 serve`` on a free port with its own data dir and
-cheap argon2 settings, polled until /healthz answers, and terminated by its PID at teardown.
+The processes come from tests/processes.py; each test's servers stop at its teardown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import socket
 import stat
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,120 +20,25 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.processes import (
+    ANSI,
+    HOST,
+    Server,
+    StartServer,
+    free_port,
+    it0_command,
+    it0_env,
+    server_pool,
+)
+
 pytestmark = pytest.mark.slow
-
-HOST = "127.0.0.1"
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 20.0
-CHEAP_ARGON2 = {
-    "IT0_ARGON2_TIME_COST": "1",
-    "IT0_ARGON2_MEMORY_KIB": "1024",
-    "IT0_ARGON2_PARALLELISM": "1",
-}
-_PASSWORD_LINE = re.compile(r"password: (\S+)")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """The parent's environment without any IT0_ setting, plus the given ones."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IT0_")}
-    env.update(CHEAP_ARGON2, IT0_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def _it0(*args: str) -> list[str]:
-    return [sys.executable, "-m", "it0", *args]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    _stopped: bool = field(default=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def stderr(self) -> str:
-        return _ANSI.sub("", self.log_path.read_text(errors="replace"))
-
-    def printed_password(self) -> str | None:
-        found = _PASSWORD_LINE.search(self.stderr())
-        return found.group(1) if found else None
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
-
-    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"it0 serve exited with {self.proc.returncode}:\n{self.stderr()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"it0 serve not healthy after {timeout:.0f}s:\n{self.stderr()[-3000:]}")
-
-    def stop(self) -> int | None:
-        """SIGTERM this server's PID (SIGKILL if it does not stop); its exit code."""
-        if self._stopped:
-            return self.proc.returncode
-        self._stopped = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-StartServer = Callable[..., Server]
 
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """start_server(data_dir, *extra_args, wait=True, **env) -> Server; all stopped at teardown."""
-    started: list[Server] = []
-
-    def start(data_dir: Path, *args: str, wait: bool = True, **env: str) -> Server:
-        port = _free_port()
-        log_path = tmp_path / f"serve-{port}-{len(started)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                _it0("serve", "--port", str(port), *args),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env(data_dir, **env),
-                cwd=tmp_path,
-            )
-        server = Server(proc, port, log_path)
-        started.append(server)
-        if wait:
-            server.wait_healthy()
-        return server
-
-    try:
+    with server_pool(tmp_path) as start:
         yield start
-    finally:
-        for server in started:
-            server.stop()
 
 
 @pytest.fixture
@@ -242,8 +141,8 @@ def test_two_api_processes_share_sessions(
     data_dir = tmp_path / "data"
     shared = {"IT0_DATABASE_URL": pg_database, "IT0_REDIS_URL": redis_url}
     migrated = subprocess.run(
-        _it0("migrate"),
-        env=_env(data_dir, **shared),
+        it0_command("migrate"),
+        env=it0_env(data_dir, **shared),
         capture_output=True,
         text=True,
         timeout=120,
@@ -357,8 +256,8 @@ def test_worker_and_scheduler_roles_serve_no_api(tmp_path: Path, start_server: S
 def test_unknown_role_exits_with_a_clear_message(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     done = subprocess.run(
-        _it0("serve", "--port", str(_free_port()), "--roles", "api,bogus"),
-        env=_env(data_dir),
+        it0_command("serve", "--port", str(free_port()), "--roles", "api,bogus"),
+        env=it0_env(data_dir),
         capture_output=True,
         text=True,
         timeout=60,
@@ -366,7 +265,7 @@ def test_unknown_role_exits_with_a_clear_message(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode != 0
-    message = _ANSI.sub("", done.stderr)
+    message = ANSI.sub("", done.stderr)
     assert "unknown role" in message
     assert "bogus" in message
     assert "Traceback" not in message
@@ -376,7 +275,7 @@ def test_unknown_role_exits_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_readyz_reports_an_unreachable_bus(tmp_path: Path, start_server: StartServer) -> None:
-    closed = _free_port()  # nothing listens there
+    closed = free_port()  # nothing listens there
     server = start_server(tmp_path / "data", IT0_REDIS_URL=f"redis://{HOST}:{closed}/0")
     with server.client() as client:
         assert client.get("/healthz").status_code == 200

@@ -26,6 +26,9 @@ from it0.core.settings import ALL_ROLES, Role, Settings
 from it0.inventory.api import router as inventory_router
 from it0.inventory.credentials import router as credentials_router
 from it0.inventory.facts import subscribe_fact_gathering
+from it0.ops.api import router as ops_router
+from it0.ops.runner import TaskRunner
+from it0.ops.scheduler import Scheduler
 from it0.platform import Platform
 
 log = logging.getLogger("it0")
@@ -47,12 +50,18 @@ def create_app(
         owned = platform is None
         p = platform or Platform.create(settings)
         app.state.platform = p
+        runner = TaskRunner(p)
         if "worker" in roles:
             subscribe_fact_gathering(p)
+            runner.subscribe()
+        scheduler = Scheduler(p)
+        if "scheduler" in roles:
+            scheduler.subscribe_events()
         await p.bus.start()
         loops = []
         if "scheduler" in roles:
             loops.append(asyncio.create_task(_housekeeping(p), name="it0-housekeeping"))
+            loops.append(asyncio.create_task(scheduler.loop(), name="it0-scheduler"))
         log.info("started", extra={"actor": ",".join(sorted(roles))})
         try:
             yield
@@ -61,6 +70,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await runner.close()
             await checkpoint_all(p)
             if owned:
                 await p.close()
@@ -111,6 +121,7 @@ def create_app(
         app.include_router(audit_router)
         app.include_router(inventory_router)
         app.include_router(credentials_router)
+        app.include_router(ops_router)
     return app
 
 

@@ -24,7 +24,14 @@ from tests.auth.helpers import (
 )
 from tests.conftest import make_settings
 
-ALLOWED_PUBLIC = {"/healthz", "/readyz", "/metrics", "/api/v1/auth/login", "/api/v1/auth/refresh"}
+ALLOWED_PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/v1/auth/login",
+    "/api/v1/auth/refresh",
+    "/api/v1/approval-links/{token}",  # the signed link is the credential
+}
 DOCS = {"/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"}
 
 

@@ -17,8 +17,9 @@ from it0.audit.chain import HEADS
 from it0.core.errors import IT0Error
 
 _AUDIT_TABLES = frozenset({"audit_events", "audit_checkpoints"})
-# written on every login and refresh; the login itself is the audited event
-_EXEMPT_TABLES = frozenset({"login_throttle", "refresh_tokens"})
+# written on every login and refresh; the login itself is the audited event;
+# live task output is progress; the task's start and end are the audited events
+_EXEMPT_TABLES = frozenset({"login_throttle", "refresh_tokens", "task_output"})
 
 
 class UnauditedChange(IT0Error):

@@ -118,7 +118,9 @@ async def tenant_session(
         yield session
 
 
-TenantSession = Annotated[AsyncSession, Depends(tenant_session)]
+# scope="function": the commit happens before the response is sent, so a client that got
+# its 201 can read what it created (and a failed commit is an error, not a silent loss)
+TenantSession = Annotated[AsyncSession, Depends(tenant_session, scope="function")]
 
 
 @dataclass

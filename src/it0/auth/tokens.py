@@ -331,6 +331,29 @@ async def authenticate(p: Platform, session: AsyncSession, credential: str) -> P
     )
 
 
+async def user_principal(
+    session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID
+) -> Principal | None:
+    """The user as a member of the session's tenant now, or None (gone, disabled, no access).
+
+    For credentials that name a user without being a login, e.g. a signed approval link.
+    """
+    row = (
+        await session.execute(
+            select(User, Membership.role, Tenant)
+            .join(Membership, Membership.user_id == User.id)
+            .join(Tenant, Tenant.id == Membership.tenant_id)
+            .where(User.id == user_id, Tenant.id == tenant_id)
+        )
+    ).first()
+    if row is None or not row[0].is_active:
+        return None
+    user, role, tenant = row
+    ref = TenantRef(tenant.id, tenant.slug, tenant.schema_name)
+    perms = frozenset(await permissions_of(session, role))
+    return Principal(user.id, user.username, ref, role, perms, user.is_platform_admin)
+
+
 async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Principal:
     slug, rest = key.split("_", 2)[1:]
     prefix = f"{API_KEY_MARK}{slug}_{rest[:8]}"

@@ -137,6 +137,28 @@ class TokenSigner:
         }
         return jwt.encode(payload, self._key, algorithm="EdDSA")
 
+    def issue_claims(self, claims: dict[str, Any], *, typ: str, expires_at: datetime) -> str:
+        """A signed token of another kind (e.g. an approval link), never an access token."""
+        payload = {**claims, "iss": self.issuer, "typ": typ, "exp": int(expires_at.timestamp())}
+        return jwt.encode(payload, self._key, algorithm="EdDSA")
+
+    def verify_claims(self, token: str, *, typ: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._public,
+                algorithms=["EdDSA"],
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "typ"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError("link expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError("invalid link") from exc
+        if claims.get("typ") != typ:
+            raise AuthenticationError("invalid link")
+        return claims
+
     def peek_tenant(self, token: str) -> str:
         """The tenant slug of a token before its signature is checked (to bind the session)."""
         try:

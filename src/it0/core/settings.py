@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     exec_output_cap: int = Field(default=1024 * 1024, ge=1024, description="bytes per stream")
     exec_pool_idle_timeout: float = Field(default=300.0, gt=0, description="seconds")
 
+    # oversight: approvals, tasks, standing orders, the scheduler
+    approval_expiry_minutes: int = Field(default=60, ge=1, description="pending approvals end")
+    approval_link_ttl: int = Field(default=3600, ge=60, description="seconds a signed link lives")
+    task_batch_concurrency: int = Field(default=50, ge=1, description="hosts at once per batch")
+    task_lease_seconds: float = Field(
+        default=30.0, gt=0, description="a running task whose worker stops renewing is interrupted"
+    )
+    task_flush_interval: float = Field(default=0.2, gt=0, description="live output batching")
+    scheduler_interval: float = Field(default=1.0, gt=0, description="seconds between ticks")
+    order_misfire_grace: float = Field(
+        default=60.0, ge=0, description="a tick later than this counts as missed"
+    )
+
     log_level: str = "INFO"
     log_json: bool = True
 

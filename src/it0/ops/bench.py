@@ -1,0 +1,251 @@
+"""``it0 bench oversight``: what the oversight path costs.
+
+* classification: command lines classified per second by the risk policy, on the corpus;
+* end to end: a read-only task on N local sshd hosts through the API (in process), the
+  policy, the task, the worker and the executor until its results are stored, next to the
+  bare executor (``fan_out``) running the same command on the same hosts. Both warm: the
+  connections are open, so the ratio is the price of the path, not of SSH handshakes.
+
+It starts its own sshd processes on 127.0.0.1 (stopped by PID) and a throwaway SQLite data
+directory. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncssh
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from it0.core.bus import Message
+from it0.execution._sshd import SshdServer, start_fleet, stop_fleet
+from it0.execution.fanout import FleetExecutor, fan_out
+from it0.execution.pool import ConnectionPool
+from it0.execution.target import HostTarget, public_key_line
+
+err = Console(stderr=True)
+PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway data dir's admin
+
+
+def _say(message: str) -> None:
+    err.print(f"[dim]bench:[/dim] {message}", highlight=False)
+
+
+def classification_rate(seconds: float) -> tuple[int, float]:
+    from it0.ops.policy import bench_classify, corpus
+
+    lines = [line for group in corpus().values() for line in group]
+    return len(lines), bench_classify(lines, seconds=seconds)
+
+
+async def _end_to_end(
+    servers: list[SshdServer], key: asyncssh.SSHKey, command: str, rounds: int, data: Path
+) -> dict[str, Any]:
+    from it0.app import create_app
+    from it0.audit import install_audit_guard
+    from it0.auth.bootstrap import bootstrap
+    from it0.core.settings import Settings
+    from it0.ops.runner import TASK_FINISHED, TaskRunner
+    from it0.platform import Platform
+
+    install_audit_guard()
+    n = len(servers)
+    settings = Settings(
+        data_dir=data,
+        admin_password=PASSWORD,
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+        argon2_parallelism=1,
+        exec_connect_timeout=60,
+        task_batch_concurrency=n,
+        log_level="WARNING",
+    )
+    p = Platform.create(settings)
+    await bootstrap(p)
+    finished: dict[str, asyncio.Future[str]] = {}
+
+    async def on_finished(message: Message) -> None:
+        waiter = finished.get(str(message.payload.get("task_id")))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(str(message.payload.get("status")))
+
+    runner = TaskRunner(p)
+    runner.subscribe()
+    p.bus.subscribe(TASK_FINISHED, "bench", on_finished)
+    await p.bus.start()
+    private = key.export_private_key("openssh").decode()
+    app = create_app(platform=p)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            headers = await _setup(client, servers, private, n)
+
+            async def oversight_round() -> int:
+                response = await client.post(
+                    "/api/v1/tasks",
+                    json={"targets": "role=bench", "command": command},
+                    headers=headers,
+                )
+                response.raise_for_status()
+                task = response.json()
+                waiter = finished.setdefault(task["id"], asyncio.get_running_loop().create_future())
+                status = await asyncio.wait_for(waiter, timeout=300)
+                return 0 if status == "succeeded" else 1
+
+            _say("oversight path: first round opens connections and pins host keys")
+            errors = await oversight_round()
+            path_rounds = []
+            for index in range(rounds):
+                _say(f"oversight path round {index + 1}/{rounds}")
+                started = time.perf_counter()
+                errors += await oversight_round()
+                path_rounds.append(time.perf_counter() - started)
+        bare_rounds, bare_errors = await _bare(servers, private, command, rounds)
+    finally:
+        await runner.close()
+        await p.close()
+    return {
+        "hosts": n,
+        "path_rounds": path_rounds,
+        "bare_rounds": bare_rounds,
+        "errors": errors + bare_errors,
+    }
+
+
+async def _setup(
+    client: httpx.AsyncClient, servers: list[SshdServer], private: str, n: int
+) -> dict[str, str]:
+    login = await client.post(
+        "/api/v1/auth/login",
+        json={"tenant": "default", "username": "admin", "password": PASSWORD},
+    )
+    login.raise_for_status()
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    credential = await client.post(
+        "/api/v1/credentials",
+        json={
+            "name": "bench",
+            "kind": "ssh_key",
+            "username": getpass.getuser(),
+            "private_key": private,
+        },
+        headers=headers,
+    )
+    credential.raise_for_status()
+    _say(f"registering {n} servers")
+    for i, server in enumerate(servers):
+        response = await client.post(
+            "/api/v1/servers",
+            json={
+                "name": f"bench-{i}",
+                "address": server.host,
+                "port": server.port,
+                "labels": {"role": "bench"},
+                "credential_id": credential.json()["id"],
+            },
+            headers=headers,
+        )
+        response.raise_for_status()
+    return headers
+
+
+async def _bare(
+    servers: list[SshdServer], private: str, command: str, rounds: int
+) -> tuple[list[float], int]:
+    targets = [
+        HostTarget(
+            f"bare-{i}",
+            f"bare{i}",
+            s.host,
+            s.port,
+            getpass.getuser(),
+            private_key=private,
+            known_host_key=s.host_key,
+        )
+        for i, s in enumerate(servers)
+    ]
+    n = len(targets)
+    fleet = FleetExecutor(pool=ConnectionPool(max_concurrency=n, connect_timeout=60))
+    try:
+        await fan_out(fleet, targets, command, concurrency=n)  # opens the connections
+        times, errors = [], 0
+        for index in range(rounds):
+            _say(f"bare executor round {index + 1}/{rounds}")
+            started = time.perf_counter()
+            outcome = await fan_out(fleet, targets, command, concurrency=n)
+            times.append(time.perf_counter() - started)
+            errors += n - outcome.ok
+        return times, errors
+    finally:
+        await fleet.close()
+
+
+def oversight(
+    hosts: Annotated[int, typer.Option(min=1, max=1000, help="sshd processes to start")] = 50,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds per runner (median)")] = 5,
+    command: Annotated[str, typer.Option(help="read-only command run on every host")] = "uptime",
+    seconds: Annotated[float, typer.Option(help="classification measuring time")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Policy classification rate, and a read-only task through the whole oversight path
+    on N sshd hosts against the bare executor."""
+    count, rate = classification_rate(seconds)
+    _say(f"classified {count} corpus lines at {rate:,.0f} lines/s")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    _say(f"starting {hosts} sshd processes")
+    servers = start_fleet(hosts, [public_key_line(key)])
+    try:
+        with tempfile.TemporaryDirectory(prefix="it0-bench-oversight-") as tmp:
+            figures = asyncio.run(_end_to_end(servers, key, command, rounds, Path(tmp)))
+    finally:
+        stop_fleet(servers)
+    path = statistics.median(figures["path_rounds"])
+    bare = statistics.median(figures["bare_rounds"])
+    result = {
+        "corpus_lines": count,
+        "classified_per_second": round(rate),
+        "hosts": hosts,
+        "oversight_path_median_s": round(path, 4),
+        "bare_executor_median_s": round(bare, 4),
+        "ratio": round(path / bare, 3),
+        "errors": figures["errors"],
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _print(result)
+    if figures["errors"]:
+        raise typer.Exit(1)
+
+
+def _print(result: dict[str, Any]) -> None:
+    console = Console()
+    table = Table("figure", "value", "target", title="it0 bench oversight")
+    table.add_row(
+        f"classification ({result['corpus_lines']} corpus lines)",
+        f"{result['classified_per_second']:,} lines/s",
+        "> 5,000 lines/s",
+    )
+    table.add_row(
+        f"read-only task, {result['hosts']} hosts, API -> results stored",
+        f"{result['oversight_path_median_s'] * 1000:.1f} ms",
+        "",
+    )
+    table.add_row(
+        f"bare executor, {result['hosts']} hosts (fan_out)",
+        f"{result['bare_executor_median_s'] * 1000:.1f} ms",
+        "",
+    )
+    table.add_row("ratio path / bare", f"{result['ratio']:.2f}x", "<= 1.3x")
+    console.print(table)
