@@ -27,6 +27,7 @@ from it0.inventory.api import router as inventory_router
 from it0.inventory.credentials import router as credentials_router
 from it0.inventory.facts import subscribe_fact_gathering
 from it0.ops.api import router as ops_router
+from it0.ops.policy import Policy
 from it0.ops.runner import TaskRunner
 from it0.ops.scheduler import Scheduler
 from it0.platform import Platform
@@ -50,6 +51,7 @@ def create_app(
         owned = platform is None
         p = platform or Platform.create(settings)
         app.state.platform = p
+        Policy.default()  # load the rules now, not on the first request
         runner = TaskRunner(p)
         if "worker" in roles:
             subscribe_fact_gathering(p)

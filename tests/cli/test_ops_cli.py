@@ -25,7 +25,9 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from it0.cli.ops import approvals_app, orders_app, tasks_app
+from it0.cli.approvals import approvals_app
+from it0.cli.orders import orders_app
+from it0.cli.tasks import tasks_app
 from it0.client import Client, parse_sse
 from tests.processes import ANSI, HOST, Server, free_port, it0_command, it0_env, server_pool
 
@@ -248,7 +250,7 @@ def test_approval_round_trip_with_four_eyes(site: Site, tmp_path: Path) -> None:
 
 
 FOLLOWER = (
-    "import typer; from it0.cli.ops import tasks_app; "
+    "import typer; from it0.cli.tasks import tasks_app; "
     "app = typer.Typer(); app.add_typer(tasks_app, name='tasks'); app()"
 )
 

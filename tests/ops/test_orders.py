@@ -74,6 +74,7 @@ async def test_owner_cannot_approve_and_operators_cannot_either(ops: Ops, tmp_pa
 async def test_invalid_orders_are_clear_422(ops: Ops, tmp_path: Path) -> None:
     cases: list[dict[str, Any]] = [
         {"trigger": {"type": "cron", "cron": "not a cron"}},
+        {"trigger": {"type": "cron", "cron": "0 0 31 2 *"}},  # never fires
         {"trigger": {"type": "cron", "cron": "0 * * * *", "timezone": "Mars/Olympus"}},
         {"expires_at": (utcnow() - timedelta(days=1)).isoformat()},
         {"action": {"command": 0, "params": {"name": "c"}}},  # not one of the enum values

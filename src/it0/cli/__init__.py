@@ -13,11 +13,13 @@ from __future__ import annotations
 import typer
 
 from it0.bench import app as bench_app
+from it0.cli.approvals import approvals_app
 from it0.cli.audit import audit_app
 from it0.cli.inventory import clusters_app, servers_app
-from it0.cli.ops import approvals_app, orders_app, tasks_app
+from it0.cli.orders import orders_app
 from it0.cli.policy import app as policy_app
 from it0.cli.serve import migrate, serve
+from it0.cli.tasks import tasks_app
 from it0.cli.tenancy import apikey_app, tenant_app, user_app
 from it0.cli.vault import credentials_app, vault_app
 

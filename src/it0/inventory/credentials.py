@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
@@ -279,8 +280,12 @@ async def open_credential(
     server_id: uuid.UUID | None,
     purpose: str,
     ctx: AuditContext,
+    servers: Sequence[str] = (),
 ) -> DecryptedCredential:
     """Decrypt a credential for use and record the use (``purpose``: "facts", "task:<id>").
+
+    One decryption may serve many servers (a task on a fleet): ``servers`` names them all
+    in the one audit event.
 
     Needs a write session: it sets ``last_used_at`` and audits ``credential.use``.
     """
@@ -316,6 +321,7 @@ async def open_credential(
             "name": row.name,
             "server_id": str(server_id) if server_id else None,
             "purpose": purpose,
+            **({"servers": list(servers)} if servers else {}),
         },
     )
     return used

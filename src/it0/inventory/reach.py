@@ -12,6 +12,8 @@ import base64
 import hashlib
 import hmac
 import re
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from it0.audit import AuditContext
 from it0.auth.tokens import TenantRef
 from it0.core.clock import utcnow
+from it0.core.errors import IT0Error
 from it0.execution import HostKeyChanged, HostKeyUnknown, HostTarget, public_key_line
-from it0.inventory.credentials import open_credential
+from it0.inventory.credentials import DecryptedCredential, open_credential
 from it0.inventory.errors import InvalidHostKey, NoPendingHostKey, NotConnectable
 from it0.inventory.models import Server, TenantSetting
 from it0.inventory.service import Recorder
@@ -49,6 +52,47 @@ async def target_for(
         credential = await open_credential(
             p, session, tenant, server.credential_id, server_id=server.id, purpose=purpose, ctx=ctx
         )
+    return _target(server, credential, tofu=not await require_approved_keys(session))
+
+
+async def targets_for(
+    p: Platform,
+    session: AsyncSession,
+    tenant: TenantRef,
+    servers: Sequence[Server],
+    *,
+    purpose: str,
+    ctx: AuditContext,
+) -> list[HostTarget | IT0Error]:
+    """Targets for a fleet, in order; a server that cannot be reached gets its error.
+
+    Each credential is decrypted once, and its use audited once naming every server.
+    """
+    tofu = not await require_approved_keys(session)
+    opened: dict[uuid.UUID, DecryptedCredential] = {}
+    for credential_id in dict.fromkeys(s.credential_id for s in servers if s.credential_id):
+        users = [s for s in servers if s.credential_id == credential_id]
+        opened[credential_id] = await open_credential(
+            p,
+            session,
+            tenant,
+            credential_id,
+            server_id=users[0].id if len(users) == 1 else None,
+            servers=[s.name for s in users],
+            purpose=purpose,
+            ctx=ctx,
+        )
+    targets: list[HostTarget | IT0Error] = []
+    for server in servers:
+        credential = opened.get(server.credential_id) if server.credential_id else None
+        try:
+            targets.append(_target(server, credential, tofu=tofu))
+        except IT0Error as exc:
+            targets.append(exc)
+    return targets
+
+
+def _target(server: Server, credential: DecryptedCredential | None, *, tofu: bool) -> HostTarget:
     server_id = str(server.id)
     if server.kind == "local":
         sudo = credential.sudo_password if credential else None
@@ -74,7 +118,7 @@ async def target_for(
         password=credential.password,
         sudo_password=credential.sudo_password,
         known_host_key=server.host_key,
-        trust_on_first_use=not await require_approved_keys(session),
+        trust_on_first_use=tofu,
     )
 
 

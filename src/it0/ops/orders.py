@@ -147,6 +147,12 @@ def _validate(body: OrderCreate | OrderUpdate, now: datetime) -> None:
             raise InvalidOrder(
                 f"unknown time zone {trigger.timezone!r}", details={"field": "trigger.timezone"}
             ) from exc
+        try:
+            next_cron(trigger.model_dump(), now)
+        except ValueError as exc:  # e.g. "0 0 31 2 *": valid syntax, never fires
+            raise InvalidOrder(
+                f"cron expression {trigger.cron!r} never fires", details={"field": "trigger.cron"}
+            ) from exc
     if body.expires_at is not None and body.expires_at.astimezone(UTC) <= now:
         raise InvalidOrder("expires_at must be in the future", details={"field": "expires_at"})
 

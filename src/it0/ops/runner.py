@@ -32,12 +32,11 @@ from it0.audit import Actor, AuditContext
 from it0.auth.errors import UnknownTenant
 from it0.auth.tokens import TenantRef, find_tenant
 from it0.core.bus import Message
-from it0.core.clock import utcnow
+from it0.core.clock import utcnow, uuid7
 from it0.core.db import publish_after_commit
-from it0.core.errors import IT0Error
 from it0.execution import ExecutionError, HostTarget, RunResult, Stream, Unreachable
 from it0.inventory.models import Server
-from it0.inventory.reach import pin_host_key, target_for
+from it0.inventory.reach import pin_host_key, targets_for
 from it0.inventory.selectors import parse_selector, resolve
 from it0.inventory.service import TenantRecorder
 from it0.ops.models import Approval, StandingOrder, Task, TaskHost, TaskOutput
@@ -63,6 +62,7 @@ class HostPlan:
     batch: int
     target: HostTarget | None
     error: str | None = None  # could not be reached at all (no credential, …)
+    row_id: uuid.UUID = field(default_factory=uuid7)  # its task_hosts row
 
 
 @dataclass
@@ -124,6 +124,7 @@ class TaskRunner:
         self.finishing: set[uuid.UUID] = set()  # storing results: let them complete
         self.closed = False
         self._claiming = 0
+        self._tenants: dict[str, TenantRef] = {}
 
     def subscribe(self) -> None:
         self.p.bus.subscribe(TASK_READY, TASKS_GROUP, self.on_ready)
@@ -132,8 +133,7 @@ class TaskRunner:
         """Claim here (quick), run in the background: one long task must not hold the queue."""
         slug, task_id = message.payload.get("tenant"), message.payload.get("task_id")
         try:
-            async with self.p.db.session() as session:
-                tenant = await find_tenant(session, str(slug))
+            tenant = await self._tenant(str(slug))
             tid = uuid.UUID(str(task_id))
         except (UnknownTenant, ValueError):
             log.warning("task.ready for an unknown tenant or task id: ignored")
@@ -151,6 +151,14 @@ class TaskRunner:
             job = asyncio.create_task(self._execute(tenant, plan), name=f"task:{tid}")
             self.running[tid] = job
             job.add_done_callback(lambda _: self.running.pop(tid, None))
+
+    async def _tenant(self, slug: str) -> TenantRef:
+        """Tenants are looked up once per process: a slug never changes its schema."""
+        tenant = self._tenants.get(slug)
+        if tenant is None:
+            async with self.p.db.session() as session:
+                tenant = self._tenants[slug] = await find_tenant(session, slug)
+        return tenant
 
     async def run(self, tenant: TenantRef, task_id: uuid.UUID) -> bool:
         """Claim and run the task to its end in the caller's task; False if not claimable."""
@@ -202,6 +210,7 @@ class TaskRunner:
             plan = await self._plan(audit, tenant, task, servers)
             session.add_all(
                 TaskHost(
+                    id=h.row_id,
                     task_id=task.id,
                     server_id=h.server_id,
                     server_name=h.name,
@@ -258,15 +267,15 @@ class TaskRunner:
     ) -> Plan:
         params = task.payload["params"]
         batch_of = batches_for(len(servers), params["rollout"])
-        hosts = []
-        for server, batch in zip(servers, batch_of, strict=True):
-            try:
-                target = await target_for(
-                    self.p, audit.session, tenant, server, purpose=f"task {task.id}", ctx=self.ctx
-                )
-                hosts.append(HostPlan(server.id, server.name, batch, target))
-            except IT0Error as exc:
-                hosts.append(HostPlan(server.id, server.name, batch, None, exc.message))
+        targets = await targets_for(
+            self.p, audit.session, tenant, servers, purpose=f"task {task.id}", ctx=self.ctx
+        )
+        hosts = [
+            HostPlan(server.id, server.name, batch, target, None)
+            if isinstance(target, HostTarget)
+            else HostPlan(server.id, server.name, batch, None, target.message)
+            for server, batch, target in zip(servers, batch_of, targets, strict=True)
+        ]
         return Plan(
             task_id=task.id,
             steps=task.payload["steps"],
@@ -290,6 +299,7 @@ class TaskRunner:
             live.stop()
             await asyncio.gather(writer, return_exceptions=True)
             with contextlib.suppress(Exception):
+                await live.flush()  # what finished is on record for the sweep
                 await live.release()
             raise
         self.finishing.add(plan.task_id)
@@ -299,7 +309,7 @@ class TaskRunner:
             cancelled = work.cancelled()
             if not cancelled and work.exception() is not None:
                 log.error("task %s failed in the runner", plan.task_id, exc_info=work.exception())
-            await self._finish(tenant, plan, live.outcomes, cancelled=cancelled)
+            await self._finish(tenant, plan, live, cancelled=cancelled)
         finally:
             self.finishing.discard(plan.task_id)
 
@@ -385,14 +395,10 @@ class TaskRunner:
     # --- phase 3: store -------------------------------------------------------------------
 
     async def _finish(
-        self,
-        tenant: TenantRef,
-        plan: Plan,
-        outcomes: dict[uuid.UUID, HostOutcome],
-        *,
-        cancelled: bool,
+        self, tenant: TenantRef, plan: Plan, live: LiveWriter, *, cancelled: bool
     ) -> None:
         now = utcnow()
+        outcomes = live.outcomes
         for h in plan.hosts:
             outcome = outcomes.get(h.server_id)
             if outcome is None or outcome.status in ("running", "pending"):
@@ -408,6 +414,9 @@ class TaskRunner:
             audit = TenantRecorder(self.p, session, tenant.pair, self.ctx)
             task = await session.get(Task, plan.task_id, with_for_update=True)
             assert task is not None
+            rows = live.drain()
+            if rows:
+                await session.execute(insert(TaskOutput), rows)
             await _store_hosts(session, plan, outcomes)
             await _pin_new_keys(audit, plan, outcomes)
             if cancelled:
@@ -496,19 +505,24 @@ class LiveWriter:
             )
 
     async def loop(self, work: asyncio.Task[Any]) -> None:
+        """Flush every interval until stopped; what is left then goes with the final store."""
         interval = self.p.settings.task_flush_interval
-        try:
-            while not self._stopped.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), timeout=interval)
-                try:
-                    if await self.flush() and not work.done():
-                        work.cancel()
-                except Exception:  # a missed flush is retried; the final store is authoritative
-                    log.exception("flushing live output of task %s failed", self.task_id)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.flush()
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=interval)
+            if self._stopped.is_set():
+                return
+            try:
+                if await self.flush() and not work.done():
+                    work.cancel()
+            except Exception:  # a missed flush is retried; the final store is authoritative
+                log.exception("flushing live output of task %s failed", self.task_id)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The output rows not written yet (for the final store's transaction)."""
+        rows, self.pending = self.pending, []
+        self.hosts = {}
+        return [{"task_id": self.task_id, "at": utcnow(), **row} for row in rows]
 
     async def flush(self) -> bool:
         """Write what arrived; renew the lease; return whether cancellation was asked for."""
@@ -521,11 +535,13 @@ class LiveWriter:
                     insert(TaskOutput),
                     [{"task_id": self.task_id, "at": now, **row} for row in rows],
                 )
-            for server_id, (_, outcome) in hosts.items():
+            if hosts:
                 await session.execute(
-                    update(TaskHost)
-                    .where(TaskHost.task_id == self.task_id, TaskHost.server_id == server_id)
-                    .values(status=outcome.status, started_at=outcome.started_at),
+                    update(TaskHost),
+                    [
+                        {"id": plan.row_id, "status": o.status, "started_at": o.started_at}
+                        for plan, o in hosts.values()
+                    ],
                     execution_options=EXEMPT,
                 )
             lease = self.p.settings.task_lease_seconds
@@ -621,21 +637,27 @@ def _count(outcomes: Any) -> dict[str, int]:
 async def _store_hosts(
     session: AsyncSession, plan: Plan, outcomes: dict[uuid.UUID, HostOutcome]
 ) -> None:
-    rows = {
-        h.server_id: h
-        for h in (
-            await session.scalars(select(TaskHost).where(TaskHost.task_id == plan.task_id))
-        ).all()
-    }
-    for host in plan.hosts:
-        row, outcome = rows[host.server_id], outcomes[host.server_id]
-        row.status = outcome.status
-        row.exit_status = outcome.exit_status
-        row.error = outcome.error
-        row.steps = outcome.steps
-        row.stdout, row.stderr, row.truncated = outcome.stdout, outcome.stderr, outcome.truncated
-        row.started_at, row.finished_at = outcome.started_at, outcome.finished_at
-        row.duration = outcome.duration
+    """One executemany for all hosts (the final store is on the task's critical path)."""
+    await session.execute(
+        update(TaskHost),
+        [
+            {
+                "id": host.row_id,
+                "status": o.status,
+                "exit_status": o.exit_status,
+                "error": o.error,
+                "steps": o.steps,
+                "stdout": o.stdout,
+                "stderr": o.stderr,
+                "truncated": o.truncated,
+                "started_at": o.started_at,
+                "finished_at": o.finished_at,
+                "duration": o.duration,
+            }
+            for host in plan.hosts
+            for o in (outcomes[host.server_id],)
+        ],
+    )
 
 
 async def _pin_new_keys(
