@@ -52,6 +52,7 @@ SAMPLE_FIELDS: dict[str, Any] = {
     "name": "probed",
     "address": "198.51.100.66",
     "description": "probed",
+    "version": 1,
 }
 
 

@@ -3,13 +3,14 @@ requests outside it, rate limit, missed runs after downtime, auto-pause, event t
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from it0.core.clock import utcnow
 from it0.ops.scheduler import Scheduler
-from tests.auth.helpers import audit_events, code_of
+from tests.auth.helpers import audit_events, code_of, member_headers
 from tests.execution.conftest import StartHosts
 from tests.ops.conftest import ORDERS, TASKS, Ops
 
@@ -44,7 +45,9 @@ async def active_order(ops: Ops, body: dict[str, Any]) -> dict[str, Any]:
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "pending_approval"
     approved = await ops.client.post(
-        f"{ORDERS}/{created.json()['number']}/approve", headers=ops.admin
+        f"{ORDERS}/{created.json()['number']}/approve",
+        json={"version": created.json()["version"]},
+        headers=ops.admin,
     )
     assert approved.status_code == 200, approved.text
     order: dict[str, Any] = approved.json()
@@ -59,13 +62,17 @@ def at(text: str) -> datetime:
 async def test_owner_cannot_approve_and_operators_cannot_either(ops: Ops, tmp_path: Path) -> None:
     created = await ops.client.post(ORDERS, json=order_body(tmp_path), headers=ops.alice)
     number = created.json()["number"]
-    own = await ops.client.post(f"{ORDERS}/{number}/approve", headers=ops.alice)
+    own = await ops.client.post(
+        f"{ORDERS}/{number}/approve", json={"version": 1}, headers=ops.alice
+    )
     assert own.status_code == 403  # operators lack standing_orders:approve
     by_owner_admin = await ops.client.post(
         ORDERS, json=order_body(tmp_path, name="x2"), headers=ops.admin
     )
     refused = await ops.client.post(
-        f"{ORDERS}/{by_owner_admin.json()['number']}/approve", headers=ops.admin
+        f"{ORDERS}/{by_owner_admin.json()['number']}/approve",
+        json={"version": 1},
+        headers=ops.admin,
     )
     assert refused.status_code == 403
     assert code_of(refused) == "four_eyes"
@@ -249,7 +256,7 @@ async def test_order_pauses_after_consecutive_failures_and_resume_needs_approval
     assert (await scheduler.tick(due + timedelta(hours=2, seconds=1))).fired == 0
     resumed = await ops.client.post(f"{ORDERS}/1/resume", headers=ops.alice)
     assert resumed.json()["status"] == "pending_approval"
-    approved = await ops.client.post(f"{ORDERS}/1/approve", headers=ops.admin)
+    approved = await ops.client.post(f"{ORDERS}/1/approve", json={"version": 1}, headers=ops.admin)
     assert approved.json()["status"] == "active"
 
 
@@ -299,3 +306,128 @@ async def test_event_trigger_fires_on_matching_alerts(
     assert (tmp_path / "b").is_dir()
     failed = await audit_events(ops.client, ops.admin, "order.run_failed")
     assert len(failed) == 1
+
+
+async def test_an_editor_cannot_approve_their_own_version(ops: Ops, tmp_path: Path) -> None:
+    await active_order(ops, order_body(tmp_path))
+    carol = await member_headers(ops.client, ops.admin, "carol", role="admin")
+    widened = {
+        "scope": {
+            "targets": "role=web",
+            "commands": [{"template": "reboot", "params": {}}],
+            "max_risk": "critical",
+        },
+        "action": None,
+        "trigger": None,
+    }
+    changed = await ops.client.patch(f"{ORDERS}/1", json=widened, headers=carol)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["version"] == 2
+    own = await ops.client.post(f"{ORDERS}/1/approve", json={"version": 2}, headers=carol)
+    assert own.status_code == 403
+    assert code_of(own) == "four_eyes"
+    stale = await ops.client.post(f"{ORDERS}/1/approve", json={"version": 1}, headers=ops.admin)
+    assert stale.status_code == 409
+    assert stale.json()["error"]["details"]["version"] == 2
+    fresh = await ops.client.post(f"{ORDERS}/1/approve", json={"version": 2}, headers=ops.admin)
+    assert fresh.json()["status"] == "active"
+
+
+async def test_sudo_runs_only_when_the_scope_allows_it(
+    ops: Ops, sshd_hosts: StartHosts, tmp_path: Path
+) -> None:
+    await ops.add_hosts(sshd_hosts, 1, labels={"role": "web"})
+    await active_order(ops, order_body(tmp_path, trigger=None, action=None))
+    as_root = await ops.submit(
+        targets="web-1", command=f"mkdir -p {tmp_path}/a", reason="r", sudo=True
+    )
+    assert as_root["status"] == "pending_approval"
+    assert "does not allow sudo" in as_root["authorization"]["not_covered"]
+
+
+async def test_the_rate_limit_holds_under_concurrent_requests(
+    ops: Ops, sshd_hosts: StartHosts, tmp_path: Path
+) -> None:
+    await ops.add_hosts(sshd_hosts, 1, labels={"role": "web"})
+    await active_order(
+        ops,
+        order_body(
+            tmp_path, trigger=None, action=None, rate_limit={"max_runs": 1, "window_seconds": 600}
+        ),
+    )
+    command = f"mkdir -p {tmp_path}/a"
+    results = await asyncio.gather(
+        *(ops.submit(targets="web-1", command=command, reason="r") for _ in range(5))
+    )
+    assert sorted(r["status"] for r in results) == ["approved"] + ["pending_approval"] * 4
+
+
+async def test_an_out_of_scope_run_does_not_pile_up(
+    ops: Ops, sshd_hosts: StartHosts, tmp_path: Path
+) -> None:
+    await ops.add_hosts(sshd_hosts, 1, labels={"role": "web"})
+    scope = {
+        "targets": "role=web",
+        "commands": [{"template": "systemctl restart nginx", "params": {}}],
+        "max_risk": "low",  # the action itself is high: every run needs a person
+    }
+    order = await active_order(
+        ops, order_body(tmp_path, scope=scope, trigger={"type": "cron", "cron": "* * * * *"})
+    )
+    due = at(order["next_run_at"])
+    scheduler = Scheduler(ops.platform)
+    assert (await scheduler.tick(due + timedelta(seconds=1))).fired == 1
+    report = await scheduler.tick(due + timedelta(minutes=1, seconds=1))
+    assert report.fired == 0
+    tasks = (await ops.client.get(TASKS, headers=ops.admin)).json()["items"]
+    assert [t["status"] for t in tasks] == ["pending_approval"]
+    failed = await audit_events(ops.client, ops.admin, "order.run_failed")
+    assert failed[0]["summary"]["error"] == "run_waiting"
+
+
+async def test_bad_order_input_is_4xx(ops: Ops, tmp_path: Path) -> None:
+    await active_order(ops, order_body(tmp_path))
+    for field in ("expires_at", "scope", "rate_limit", "description", "missed_runs"):
+        response = await ops.client.patch(f"{ORDERS}/1", json={field: None}, headers=ops.alice)
+        assert response.status_code == 422, (field, response.text)
+    for ref in ("%C2%B2", "99999999999999999999", "1" * 128):
+        assert (await ops.client.get(f"{ORDERS}/{ref}", headers=ops.alice)).status_code == 404
+    for cron in ("0 0 1 1 * 0 2027", "* * * *"):
+        body = order_body(tmp_path, name="x", trigger={"type": "cron", "cron": cron})
+        response = await ops.client.post(ORDERS, json=body, headers=ops.alice)
+        assert response.status_code == 422, (cron, response.text)
+    adjacent = order_body(
+        tmp_path,
+        name="y",
+        action=None,
+        trigger=None,
+        scope={
+            "targets": "role=web",
+            "commands": [
+                {"template": "echo {a}{b}", "params": {"a": {}, "b": {}}},
+            ],
+        },
+    )
+    response = await ops.client.post(ORDERS, json=adjacent, headers=ops.alice)
+    assert response.status_code == 422
+    nested = order_body(
+        tmp_path,
+        name="z",
+        action=None,
+        trigger=None,
+        scope={
+            "targets": "role=web",
+            "commands": [{"template": "echo {a}", "params": {"a": {"pattern": "(a+)+"}}}],
+        },
+    )
+    assert (await ops.client.post(ORDERS, json=nested, headers=ops.alice)).status_code == 422
+
+
+def test_a_fall_back_night_does_not_tick_twice() -> None:
+    from it0.ops.orders import next_cron
+
+    trigger = {"cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+    first = next_cron(trigger, datetime(2026, 10, 24, 23, 0, tzinfo=UTC))
+    assert first == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # 02:30 CEST
+    second = next_cron(trigger, first + timedelta(seconds=5), previous=first)
+    assert second == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)  # not 02:30 CET the same night

@@ -45,7 +45,9 @@ async def _orders(
         }
         created = await client.post(ORDERS, json=body, headers=alice)
         assert created.status_code == 201, created.text
-        approved = await client.post(f"{ORDERS}/{created.json()['number']}/approve", headers=admin)
+        approved = await client.post(
+            f"{ORDERS}/{created.json()['number']}/approve", json={"version": 1}, headers=admin
+        )
         assert approved.status_code == 200, approved.text
         orders.append(approved.json())
     return orders

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.auth.helpers import code_of, create_key, error_of, member_headers
+from tests.auth.helpers import API, code_of, create_key, error_of, member_headers
 from tests.execution.conftest import StartHosts
 from tests.ops.conftest import APPROVALS, TASKS, Ops
 
@@ -324,3 +324,20 @@ async def test_retry_creates_a_new_task(ops: Ops, sshd_hosts: StartHosts) -> Non
     assert second["retry_of"] == first["id"]
     assert second["payload_hash"] == first["payload_hash"]
     assert (await ops.wait(second["id"]))["status"] == "succeeded"
+
+
+async def test_a_server_moved_after_approval_is_refused(
+    ops: Ops, sshd_hosts: StartHosts, tmp_path: Path
+) -> None:
+    await ops.add_hosts(sshd_hosts, 1)
+    marker = tmp_path / "moved"
+    task = await ops.submit(targets="web-1", command=f"touch {marker}", reason="r")
+    moved = await ops.client.patch(
+        f"{API}/servers/web-1", json={"kind": "local", "address": "127.0.0.1"}, headers=ops.admin
+    )
+    assert moved.status_code == 200, moved.text
+    await ops.vote(task["approval_id"], ops.bob)
+    done = await ops.wait(task["id"])
+    assert done["status"] == "failed"
+    assert "servers changed after approval" in done["message"]
+    assert not marker.exists()

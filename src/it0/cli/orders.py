@@ -183,10 +183,28 @@ def _decide(action: str, ref: str, comment: str, url: str, key: str | None) -> N
 
 @orders_app.command("approve")
 def orders_approve(
-    ref: OrderRef, comment: Comment = "", url: ServerUrl = DEFAULT_URL, key: ApiKey = None
+    ref: OrderRef,
+    comment: Comment = "",
+    version: Annotated[
+        int | None,
+        typer.Option(help="the version you reviewed (default: the one shown now)", min=1),
+    ] = None,
+    url: ServerUrl = DEFAULT_URL,
+    key: ApiKey = None,
 ) -> None:
-    """Approve a proposed (or changed, or resumed) order; never your own."""
-    _decide("approve", ref, comment, url, key)
+    """Approve a proposed (or changed, or resumed) order; never your own or your edit.
+
+    The server approves exactly one version: a newer one than reviewed is refused.
+    """
+    with api_client(url, key) as client:
+        if version is None:
+            order = client.order(ref)
+            version = int(order["version"])
+            out.print(
+                f"approving standing order #{order['number']} {order['name']} version {version}",
+                highlight=False,
+            )
+        _order_line(client.decide_order(ref, "approve", comment, version))
 
 
 @orders_app.command("reject")

@@ -286,11 +286,15 @@ class Client:
         """A new version of the order, which stops until it is approved again."""
         return self._object("PATCH", f"/standing-orders/{ref}", json=dict(changes))
 
-    def decide_order(self, ref: str, action: str, comment: str = "") -> dict[str, Any]:
-        """``action`` is approve, reject, pause or resume."""
+    def decide_order(
+        self, ref: str, action: str, comment: str = "", version: int | None = None
+    ) -> dict[str, Any]:
+        """``action`` is approve (of the given ``version``), reject, pause or resume."""
         if action not in ("approve", "reject", "pause", "resume"):
             raise ValueError(f"unknown standing order action {action!r}")
-        body = None if action == "resume" else {"comment": comment}
+        body: dict[str, Any] | None = None if action == "resume" else {"comment": comment}
+        if action == "approve":
+            body = {"comment": comment, "version": version}
         return self._object("POST", f"/standing-orders/{ref}/{action}", json=body)
 
 

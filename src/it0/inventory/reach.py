@@ -69,22 +69,28 @@ async def targets_for(
     Each credential is decrypted once, and its use audited once naming every server.
     """
     tofu = not await require_approved_keys(session)
-    opened: dict[uuid.UUID, DecryptedCredential] = {}
+    opened: dict[uuid.UUID, DecryptedCredential | IT0Error] = {}
     for credential_id in dict.fromkeys(s.credential_id for s in servers if s.credential_id):
         users = [s for s in servers if s.credential_id == credential_id]
-        opened[credential_id] = await open_credential(
-            p,
-            session,
-            tenant,
-            credential_id,
-            server_id=users[0].id if len(users) == 1 else None,
-            servers=[s.name for s in users],
-            purpose=purpose,
-            ctx=ctx,
-        )
+        try:
+            opened[credential_id] = await open_credential(
+                p,
+                session,
+                tenant,
+                credential_id,
+                server_id=users[0].id if len(users) == 1 else None,
+                servers=[s.name for s in users],
+                purpose=purpose,
+                ctx=ctx,
+            )
+        except IT0Error as exc:  # e.g. it does not decrypt: its servers fail, not the task
+            opened[credential_id] = exc
     targets: list[HostTarget | IT0Error] = []
     for server in servers:
         credential = opened.get(server.credential_id) if server.credential_id else None
+        if isinstance(credential, IT0Error):
+            targets.append(credential)
+            continue
         try:
             targets.append(_target(server, credential, tofu=tofu))
         except IT0Error as exc:

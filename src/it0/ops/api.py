@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -37,6 +38,7 @@ from it0.ops.schemas import (
     ApprovalSettingsPublic,
     ExplainRequest,
     LinkVote,
+    OrderApproval,
     OrderCreate,
     OrderDecision,
     OrderPublic,
@@ -161,7 +163,7 @@ async def follow_task(
     request: Request,
     found: Annotated[tuple[Principal, Task], Depends(_streamable)],
     p: PlatformDep,
-    after: Annotated[int, Query(ge=0, description="replay events after this id")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**62, description="replay events after this id")] = 0,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: ``output``, ``host``, ``note``, ``status`` and a final ``done``.
 
@@ -170,7 +172,7 @@ async def follow_task(
     """
     principal, task = found
     last = request.headers.get("last-event-id", "")
-    start = int(last) if last.isdigit() else after
+    start = int(last) if re.fullmatch(r"[0-9]{1,18}", last) else after
     async for event in task_events(p, principal.tenant.schema, task.id, start):
         if await request.is_disconnected():
             return
@@ -359,22 +361,24 @@ async def get_order(ref: OrderRef, _: OrderReader, session: TenantSession) -> Or
 
 @router.patch("/standing-orders/{ref}")
 async def update_order(
-    ref: OrderRef, body: OrderUpdate, _: OrderWriter, audit: Audit
+    ref: OrderRef, body: OrderUpdate, principal: OrderWriter, audit: Audit
 ) -> OrderPublic:
     """A change is a new version: the order stops until another person approves it."""
     order = await orders_service.find_order(audit.session, ref)
-    return orders_service.order_public(await orders_service.update_order(audit, order, body))
+    changed = await orders_service.update_order(audit, order, principal, body)
+    return orders_service.order_public(changed)
 
 
 @router.post("/standing-orders/{ref}/approve")
 async def approve_order(
-    ref: OrderRef, principal: OrderApprover, audit: Audit, body: OrderDecision | None = None
+    ref: OrderRef, body: OrderApproval, principal: OrderApprover, audit: Audit
 ) -> OrderPublic:
+    """Approve the ``version`` you reviewed; a newer version is refused (409)."""
     order = await orders_service.find_order(audit.session, ref)
-    comment = body.comment if body else ""
-    return orders_service.order_public(
-        await orders_service.decide_order(audit, order, principal, True, comment)
+    decided = await orders_service.decide_order(
+        audit, order, principal, True, body.comment, version=body.version
     )
+    return orders_service.order_public(decided)
 
 
 @router.post("/standing-orders/{ref}/reject")
@@ -399,7 +403,7 @@ async def pause_order(
 
 
 @router.post("/standing-orders/{ref}/resume")
-async def resume_order(ref: OrderRef, _: OrderWriter, audit: Audit) -> OrderPublic:
+async def resume_order(ref: OrderRef, principal: OrderWriter, audit: Audit) -> OrderPublic:
     """Asks to re-enable: the order waits for another person's approval."""
     order = await orders_service.find_order(audit.session, ref)
-    return orders_service.order_public(await orders_service.resume_order(audit, order))
+    return orders_service.order_public(await orders_service.resume_order(audit, order, principal))

@@ -50,15 +50,14 @@ async def vote(
     now = now or utcnow()
     session = audit.session
     await session.refresh(approval, with_for_update=True)  # concurrent votes queue up here
-    task = await session.get(Task, approval.task_id)
+    task = await session.get(Task, approval.task_id, with_for_update=True, populate_existing=True)
     assert task is not None  # the foreign key cascades
     if approval.status == "pending" and approval.expires_at <= now:
         await expire(audit, approval, task, now)
         raise NotPending("the approval request expired", details={"status": "expired"})
-    if approval.status != "pending":
-        raise NotPending(
-            f"the approval request is {approval.status}", details={"status": approval.status}
-        )
+    if approval.status != "pending" or task.status != "pending_approval":
+        status = approval.status if approval.status != "pending" else task.status
+        raise NotPending(f"the approval request is {status}", details={"status": status})
     if voter.user_id == approval.requested_by:
         raise FourEyes(
             "the requester cannot approve or reject their own task, by any route",
@@ -110,7 +109,7 @@ async def vote(
     elif approvals >= approval.required:
         approval.status, approval.decided_at = "approved", now
         voters = await _voters(session, approval.id)
-        task.status, task.approved_at = "approved", now
+        task.status, task.approved_at, task.authorized_by = "approved", now, "approval"
         task.authorization = {
             "by": "approval",
             "approval_id": str(approval.id),

@@ -53,3 +53,9 @@ class InvalidOrder(ValidationFailed):
 
 class AmbiguousReference(ConflictError):
     code = "ambiguous_reference"
+
+
+class RunWaiting(ConflictError):
+    """A standing order's earlier run still waits for approval: no new one is queued."""
+
+    code = "run_waiting"

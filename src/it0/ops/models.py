@@ -49,6 +49,8 @@ class Task(TenantBase):
     requester: Mapped[dict[str, Any]] = mapped_column(JSON)  # the actor, as audited
     standing_order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None, index=True)
     authorization: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # policy | approval | standing_order, once authorized (what rate limits count)
+    authorized_by: Mapped[str | None] = mapped_column(String(20), default=None)
     retry_of: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_id: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -156,6 +158,8 @@ class StandingOrder(TenantBase):
     description: Mapped[str] = mapped_column(Text, default="")
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     owner_name: Mapped[str] = mapped_column(String(128))
+    # who wrote or re-enabled the current version: never its approver (four-eyes)
+    changed_by: Mapped[uuid.UUID] = mapped_column(Uuid)
     # pending_approval | active | paused | rejected | expired
     status: Mapped[str] = mapped_column(String(20), index=True)
     trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

@@ -9,7 +9,9 @@ Creating, changing or re-enabling an order puts it back to ``pending_approval``.
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 import uuid
 import zoneinfo
 from collections.abc import Mapping, Sequence
@@ -27,7 +29,7 @@ from it0.core.clock import utcnow
 from it0.inventory.models import Server
 from it0.inventory.selectors import parse_selector, resolve
 from it0.inventory.service import Recorder
-from it0.ops.errors import FourEyes, InvalidOrder, InvalidState, OpsNotFound
+from it0.ops.errors import FourEyes, InvalidOrder, InvalidState, OpsNotFound, RunWaiting
 from it0.ops.models import StandingOrder, Task
 from it0.ops.policy import Risk
 from it0.ops.schemas import (
@@ -41,7 +43,10 @@ from it0.ops.schemas import (
 from it0.ops.tasks import Requester, _by_ref, submit
 
 # a parameter's value is one plain word: never quotes, spaces, or shell syntax
+_VALUE_SET = frozenset(string.ascii_letters + string.digits + "_.:@%+=,/-")
 SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:@%+=,/-]+")
+MAX_MATCHED = 4096  # longer command lines are never inside a standing order's scope
+MAX_VALUE = 256
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RANK = {Risk.READ_ONLY: 0, Risk.LOW: 1, Risk.HIGH: 2, Risk.CRITICAL: 3}
 
@@ -50,7 +55,7 @@ _RANK = {Risk.READ_ONLY: 0, Risk.LOW: 1, Risk.HIGH: 2, Risk.CRITICAL: 3}
 
 
 def _value_ok(spec: ParamSpec, value: str) -> bool:
-    if not SAFE_VALUE.fullmatch(value):
+    if len(value) > MAX_VALUE or not SAFE_VALUE.fullmatch(value):
         return False
     if spec.type == "enum":
         return value in (spec.values or [])
@@ -63,18 +68,29 @@ def _value_ok(spec: ParamSpec, value: str) -> bool:
 
 
 def _template_regex(template: CommandTemplate) -> re.Pattern[str]:
+    return _compiled(template.template)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str) -> re.Pattern[str]:
+    """A placeholder matches a plain word that cannot contain the character following it in
+    the template, so matching never backtracks (templates refuse adjacent placeholders)."""
     parts, last = [], 0
-    for match in _PLACEHOLDER.finditer(template.template):
-        parts.append(re.escape(template.template[last : match.start()]))
-        parts.append(f"(?P<{match.group(1)}>{SAFE_VALUE.pattern})")
+    for match in _PLACEHOLDER.finditer(text):
+        parts.append(re.escape(text[last : match.start()]))
+        allowed = _VALUE_SET - set(text[match.end() : match.end() + 1])
+        chars = "".join(re.escape(c) for c in sorted(allowed))
+        parts.append(f"(?P<{match.group(1)}>[{chars}]+)")
         last = match.end()
-    parts.append(re.escape(template.template[last:]))
+    parts.append(re.escape(text[last:]))
     return re.compile("".join(parts))
 
 
 def match_template(template: CommandTemplate, command: str) -> dict[str, str] | None:
     """The parameters with which ``template`` renders exactly ``command``, if any."""
-    found = _template_regex(template).fullmatch(command.strip())
+    if len(command) > MAX_MATCHED:
+        return None
+    found = _template_regex(template).fullmatch(command)
     if found is None:
         return None
     values = found.groupdict()
@@ -99,6 +115,8 @@ def render(template: CommandTemplate, params: Mapping[str, str]) -> str:
 def _check_template(index: int, template: CommandTemplate) -> None:
     names = _PLACEHOLDER.findall(template.template)
     where = {"field": f"scope.commands[{index}]"}
+    if re.search(r"\}\{", template.template):
+        raise InvalidOrder("two placeholders may not touch: put a character between", details=where)
     if len(set(names)) != len(names):
         raise InvalidOrder("a placeholder appears twice in one template", details=where)
     if set(names) != set(template.params):
@@ -123,10 +141,18 @@ def _check_template(index: int, template: CommandTemplate) -> None:
 # --- validation -----------------------------------------------------------------------------
 
 
-def next_cron(trigger: Mapping[str, Any], after: datetime) -> datetime:
+def next_cron(
+    trigger: Mapping[str, Any], after: datetime, previous: datetime | None = None
+) -> datetime:
+    """The next scheduled time after ``after``, in UTC. On the night clocks fall back a
+    local time happens twice; a tick at the wall-clock time of ``previous`` is not repeated."""
     zone = zoneinfo.ZoneInfo(trigger.get("timezone") or "UTC")
-    local = after.astimezone(zone)
-    nxt: datetime = croniter(trigger["cron"], local).get_next(datetime)
+    times = croniter(trigger["cron"], after.astimezone(zone))
+    nxt: datetime = times.get_next(datetime)
+    if previous is not None:
+        seen = previous.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+        while nxt.replace(tzinfo=None, second=0, microsecond=0) == seen:
+            nxt = times.get_next(datetime)
     return nxt.astimezone(UTC)
 
 
@@ -184,7 +210,7 @@ def _check_action(order: StandingOrder) -> None:
 
 async def find_order(session: AsyncSession, ref: str) -> StandingOrder:
     order: StandingOrder | None = None
-    if ref.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", ref):
         order = await session.scalar(select(StandingOrder).where(StandingOrder.number == int(ref)))
     if order is None:
         order = await _by_ref(session, StandingOrder, ref)
@@ -228,6 +254,7 @@ async def create_order(
         description=body.description,
         owner_id=owner.user_id,
         owner_name=owner.username,
+        changed_by=owner.user_id,
         status="pending_approval",
         trigger=body.trigger.model_dump() if body.trigger else None,
         scope=body.scope.model_dump(),
@@ -251,10 +278,16 @@ async def create_order(
 
 
 async def update_order(
-    audit: Recorder, order: StandingOrder, body: OrderUpdate, now: datetime | None = None
+    audit: Recorder,
+    order: StandingOrder,
+    editor: Principal,
+    body: OrderUpdate,
+    now: datetime | None = None,
 ) -> StandingOrder:
-    """Any change is a new version that needs approval again before it runs."""
+    """Any change is a new version that needs approval again, by neither its owner nor its
+    editor, before it runs."""
     now = now or utcnow()
+    await audit.session.refresh(order, with_for_update=True)
     _validate(body, now)
     if order.status == "expired":
         raise InvalidState("the standing order has expired", details={"status": order.status})
@@ -265,13 +298,19 @@ async def update_order(
         setattr(order, name, value)
     _check_action(order)
     order.version += 1
+    order.changed_by = editor.user_id
     _to_pending(order, f"version {order.version} waits for approval")
     await audit.session.flush()
     await audit.record(
         "order.changed",
         "standing_order",
         order.id,
-        {"number": order.number, "changed": sorted(changes), **_definition(order)},
+        {
+            "number": order.number,
+            "changed": sorted(changes),
+            "by": editor.username,
+            **_definition(order),
+        },
     )
     return order
 
@@ -289,16 +328,25 @@ async def decide_order(
     approver: Principal,
     approve: bool,
     comment: str = "",
+    *,
+    version: int | None = None,
     now: datetime | None = None,
 ) -> StandingOrder:
+    """Approve (the ``version`` reviewed) or reject; never by its owner or last editor."""
     now = now or utcnow()
+    await audit.session.refresh(order, with_for_update=True)
     if order.status != "pending_approval":
         raise InvalidState(
             f"the standing order is {order.status}, not pending approval",
             details={"status": order.status},
         )
-    if approver.user_id == order.owner_id:
-        raise FourEyes("the owner of a standing order cannot approve it")
+    if approver.user_id in (order.owner_id, order.changed_by):
+        raise FourEyes("the owner or the last editor of a standing order cannot approve it")
+    if approve and version != order.version:
+        raise InvalidState(
+            f"version {version} was reviewed, but the order is at version {order.version}",
+            details={"version": order.version},
+        )
     if approve and order.expires_at <= now:
         raise InvalidState("the standing order has expired")
     if approve:
@@ -337,16 +385,17 @@ async def pause_order(audit: Recorder, order: StandingOrder, reason: str) -> Sta
     return order
 
 
-async def resume_order(audit: Recorder, order: StandingOrder) -> StandingOrder:
+async def resume_order(audit: Recorder, order: StandingOrder, by: Principal) -> StandingOrder:
     """Re-enabling gives authority back: it waits for another person's approval."""
     if order.status not in ("paused", "rejected"):
         raise InvalidState(
             f"the standing order is {order.status}", details={"status": order.status}
         )
     _to_pending(order, "re-enabled; waits for approval")
+    order.changed_by = by.user_id
     order.consecutive_failures = 0
     await audit.session.flush()
-    await audit.record("order.resume_requested", "standing_order", order.id, {})
+    await audit.record("order.resume_requested", "standing_order", order.id, {"by": by.username})
     return order
 
 
@@ -383,7 +432,11 @@ async def _runs_in_window(session: AsyncSession, order: StandingOrder, now: date
     count = await session.scalar(
         select(func.count())
         .select_from(Task)
-        .where(Task.standing_order_id == order.id, Task.created_at >= since)
+        .where(
+            Task.standing_order_id == order.id,
+            Task.authorized_by == "standing_order",
+            Task.created_at >= since,
+        )
     )
     return int(count or 0)
 
@@ -395,6 +448,7 @@ async def authorize_by_order(
     risk: Risk,
     now: datetime,
     *,
+    sudo: bool = False,
     only: uuid.UUID | None = None,
 ) -> Coverage:
     """The first active order whose scope covers the request, or why none does."""
@@ -417,6 +471,11 @@ async def authorize_by_order(
                 f"order #{order.number}: {risk.value} is above its {order.scope['max_risk']}"
             )
             continue
+        if sudo and not order.scope.get("sudo", False):
+            notes.append(f"order #{order.number}: does not allow sudo")
+            continue
+        # requests counting against the same order queue here, so the limit holds
+        await session.refresh(order, with_for_update=True)
         runs = await _runs_in_window(session, order, now)
         limit = order.rate_limit
         if runs >= limit["max_runs"]:
@@ -433,6 +492,7 @@ async def authorize_by_order(
                 "number": order.number,
                 "name": order.name,
                 "version": order.version,
+                "scope_sudo": bool(order.scope.get("sudo", False)),
                 "approved_by": order.approved_by_name,
                 "approved_at": order.approved_at.isoformat() if order.approved_at else None,
             },
@@ -465,8 +525,17 @@ async def fire(
     labels: Mapping[str, str] | None = None,
     now: datetime | None = None,
 ) -> Task:
-    """Submit the order's action as a task (inside scope it runs unattended)."""
+    """Submit the order's action as a task (inside scope it runs unattended). While an
+    earlier run of the order waits for a person, no further request piles up behind it."""
     assert order.action is not None
+    waiting = await audit.session.scalar(
+        select(Task.id).where(Task.standing_order_id == order.id, Task.status == "pending_approval")
+    )
+    if waiting is not None:
+        raise RunWaiting(
+            f"an earlier run of standing order #{order.number} still waits for approval",
+            details={"task_id": str(waiting)},
+        )
     template = CommandTemplate.model_validate(order.scope["commands"][order.action["command"]])
     params = {
         k: (labels or {}).get(v.removeprefix("$labels."), "") if v.startswith("$labels.") else v

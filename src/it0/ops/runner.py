@@ -40,7 +40,7 @@ from it0.inventory.reach import pin_host_key, targets_for
 from it0.inventory.selectors import parse_selector, resolve
 from it0.inventory.service import TenantRecorder
 from it0.ops.models import Approval, StandingOrder, Task, TaskHost, TaskOutput
-from it0.ops.tasks import TASK_READY, payload_hash
+from it0.ops.tasks import TASK_READY, payload_hash, server_binding
 from it0.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ class TaskRunner:
         self._claiming += 1
         try:
             plan = await self._claim(tenant, tid)
+        except Exception as exc:  # a bug or an outage: fail the task visibly, never loop
+            log.exception("claiming task %s failed", tid)
+            await self._fail_claim(tenant, tid, exc)
+            return
         finally:
             self._claiming -= 1
         if plan is not None and self.closed:
@@ -201,6 +205,8 @@ class TaskRunner:
                 now_ids = sorted(str(s.id) for s in servers)
                 if now_ids != approved:
                     refusal = _targets_changed(approved, now_ids, servers)
+                else:
+                    refusal = _servers_changed(task.payload.get("servers", []), servers)
             if refusal is not None:
                 task.status, task.finished_at, task.message = "failed", now, refusal[0]
                 await session.flush()
@@ -243,6 +249,19 @@ class TaskRunner:
                 TaskOutput(task_id=task.id, kind="status", data={"status": "running"}, at=now)
             )
         return plan
+
+    async def _fail_claim(self, tenant: TenantRef, task_id: uuid.UUID, exc: Exception) -> None:
+        with contextlib.suppress(Exception):  # the database may be what failed
+            async with self.p.db.session(tenant.schema, write=True) as session:
+                task = await session.get(Task, task_id, with_for_update=True)
+                if task is None or task.status != "approved":
+                    return
+                task.status, task.finished_at = "failed", utcnow()
+                task.message = f"the worker could not start it ({type(exc).__name__})"
+                await session.flush()
+                await TenantRecorder(self.p, session, tenant.pair, self.ctx).record(
+                    "task.refused", "task", task.id, {"reason": "claim_failed"}
+                )
 
     async def _unclaim(self, tenant: TenantRef, plan: Plan) -> None:
         """Give a claimed task back before any host was touched (the process is stopping)."""
@@ -418,6 +437,19 @@ class TaskRunner:
             if rows:
                 await session.execute(insert(TaskOutput), rows)
             await _store_hosts(session, plan, outcomes)
+            if task.status != "running" or task.worker_id != self.worker_id:
+                # interrupted meanwhile (this worker lost its lease): keep that verdict
+                await audit.record(
+                    "task.finished_late",
+                    "task",
+                    task.id,
+                    {
+                        "status": task.status,
+                        "worker": self.worker_id,
+                        "counts": _count(outcomes.values()),
+                    },
+                )
+                return
             await _pin_new_keys(audit, plan, outcomes)
             if cancelled:
                 status = "cancelled"
@@ -467,6 +499,7 @@ class LiveWriter:
         self.hosts: dict[uuid.UUID, tuple[HostPlan, HostOutcome]] = {}
         self._stopped = asyncio.Event()
         self._lease_at = time.monotonic()
+        self.lost = False  # the task was interrupted by the sweep while this worker ran it
 
     def output(self, host: str, stream: Stream, text: str) -> None:
         self.pending.append(
@@ -525,10 +558,22 @@ class LiveWriter:
         return [{"task_id": self.task_id, "at": utcnow(), **row} for row in rows]
 
     async def flush(self) -> bool:
-        """Write what arrived; renew the lease; return whether cancellation was asked for."""
+        """Write what arrived; renew the lease; return whether to stop: cancellation was
+        asked for, or the task is no longer this worker's (the sweep interrupted it)."""
         rows, self.pending = self.pending, []
         hosts, self.hosts = self.hosts, {}
+        try:
+            return await self._write(rows, hosts)
+        except Exception:
+            self.pending[:0] = rows  # written with the next flush, or the final store
+            self.hosts = {**hosts, **self.hosts}
+            raise
+
+    async def _write(
+        self, rows: list[dict[str, Any]], hosts: dict[uuid.UUID, tuple[HostPlan, HostOutcome]]
+    ) -> bool:
         now = utcnow()
+        renewed = False
         async with self.p.db.session(self.tenant.schema, write=True) as session:
             if rows:
                 await session.execute(
@@ -546,17 +591,29 @@ class LiveWriter:
                 )
             lease = self.p.settings.task_lease_seconds
             if time.monotonic() - self._lease_at > lease / 3:
-                self._lease_at = time.monotonic()
+                renewed = True
                 await session.execute(
                     update(Task)
-                    .where(Task.id == self.task_id, Task.worker_id == self.worker)
+                    .where(
+                        Task.id == self.task_id,
+                        Task.worker_id == self.worker,
+                        Task.status == "running",
+                    )
                     .values(lease_until=now + timedelta(seconds=lease)),
                     execution_options=EXEMPT,
                 )
-            cancel = await session.scalar(
-                select(Task.cancel_requested).where(Task.id == self.task_id)
-            )
-        return bool(cancel)
+            state = (
+                await session.execute(
+                    select(Task.status, Task.worker_id, Task.cancel_requested).where(
+                        Task.id == self.task_id
+                    )
+                )
+            ).one()
+        if renewed:
+            self._lease_at = time.monotonic()
+        status, worker, cancel = state
+        self.lost = status != "running" or worker != self.worker
+        return bool(cancel) or self.lost
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -582,6 +639,11 @@ async def _refusal(
         order = await session.get(StandingOrder, task.standing_order_id)
         if order is None or order.status != "active" or order.expires_at <= now:
             return "the standing order is no longer active", {"reason": "order_inactive"}
+        if task.authorization.get("version") != order.version:
+            return (
+                "the standing order changed since it authorized the task",
+                {"reason": "order_changed", "version": order.version},
+            )
     elif by != "policy":
         return "the task was never authorized", {"reason": "not_authorized"}
     return None
@@ -599,6 +661,18 @@ def _targets_changed(
     if removed:
         message += f"; {len(removed)} approved host(s) no longer match"
     return message, {"reason": "targets_changed", "added": added, "removed": removed}
+
+
+def _servers_changed(
+    approved: Sequence[dict[str, Any]], servers: Sequence[Server]
+) -> tuple[str, dict[str, Any]] | None:
+    """Approved hosts that are now reached elsewhere or otherwise (address, user, kind…)."""
+    now = {str(s.id): (s.name, server_binding(s)) for s in servers}
+    changed = sorted(now[a["id"]][0] for a in approved if now[a["id"]][1] != a)
+    if not changed:
+        return None
+    message = f"servers changed after approval (address, user, credential or kind): {changed}"
+    return message, {"reason": "servers_changed", "servers": changed}
 
 
 def _absorb(outcome: HostOutcome, result: RunResult, index: int, total: int) -> None:

@@ -77,18 +77,23 @@ class Scheduler:
         report = TickReport()
         now = now or self.clock()
         for tenant in await self.tenants():
-            try:
-                report.expired += await self.expire_approvals(tenant, now)
-                await self.run_orders(tenant, now, report)
-                # leases are renewed in wall-clock time by the workers: judge them by it
-                report.interrupted += await sweep(self.p, tenant, utcnow(), SCHEDULER)
-                report.requeued += await requeue(self.p, tenant, utcnow())
-            except Exception as exc:  # one tenant's trouble must not stop the others
-                log.exception("scheduler tick for tenant %s failed", tenant.slug)
-                report.errors.append(f"{tenant.slug}: {type(exc).__name__}")
+            # each duty on its own: one failing must not starve the others (or other tenants)
+            for duty in (self.expire_approvals, self.run_orders, self.sweep, self.requeue):
+                try:
+                    await duty(tenant, now, report)
+                except Exception as exc:
+                    log.exception("scheduler %s for tenant %s failed", duty.__name__, tenant.slug)
+                    report.errors.append(f"{tenant.slug}: {duty.__name__}: {type(exc).__name__}")
         return report
 
-    async def expire_approvals(self, tenant: TenantRef, now: datetime) -> int:
+    async def sweep(self, tenant: TenantRef, now: datetime, report: TickReport) -> None:
+        # leases are renewed in wall-clock time by the workers: judge them by it
+        report.interrupted += await sweep(self.p, tenant, utcnow(), SCHEDULER)
+
+    async def requeue(self, tenant: TenantRef, now: datetime, report: TickReport) -> None:
+        report.requeued += await requeue(self.p, tenant, utcnow())
+
+    async def expire_approvals(self, tenant: TenantRef, now: datetime, report: TickReport) -> None:
         async with self.p.db.session(tenant.schema, write=True) as session:
             due = (
                 await session.scalars(
@@ -102,7 +107,7 @@ class Scheduler:
                 task = await session.get(Task, approval.task_id)
                 assert task is not None
                 await expire(audit, approval, task, now)
-        return len(due)
+        report.expired += len(due)
 
     async def run_orders(self, tenant: TenantRef, now: datetime, report: TickReport) -> None:
         async with self.p.db.session(tenant.schema, write=True) as session:
@@ -134,9 +139,17 @@ class Scheduler:
         assert order.trigger is not None
         assert order.next_run_at is not None
         scheduled = order.next_run_at
-        missed = _count_due(order.trigger, scheduled, now)
+        try:
+            missed = _count_due(order.trigger, scheduled, now)
+            order.next_run_at = next_cron(order.trigger, now, previous=scheduled)
+        except ValueError as exc:  # the expression has no further time (croniter gives up)
+            order.status, order.next_run_at = "paused", None
+            order.status_reason = f"paused: its schedule has no next run ({exc})"
+            await audit.session.flush()
+            await audit.record("order.paused", "standing_order", order.id, {"reason": str(exc)})
+            report.errors.append(f"order #{order.number}: no next run")
+            return
         late = (now - scheduled).total_seconds()
-        order.next_run_at = next_cron(order.trigger, now)
         on_time = missed == 1 and late <= self.p.settings.order_misfire_grace
         if not on_time:
             await audit.record(

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from it0.core.schemas import Body
+from it0.ops.policy import check_regex
 
 RiskName = Literal["read_only", "low", "high", "critical", "unknown"]
 TaskStatus = Literal[
@@ -197,6 +198,11 @@ class ParamSpec(Body):
     min: int | None = None
     max: int | None = None
 
+    @field_validator("pattern")
+    @classmethod
+    def _safe_pattern(cls, value: str | None) -> str | None:
+        return None if value is None else check_regex(value)
+
 
 class CommandTemplate(Body):
     template: str = Field(
@@ -209,11 +215,17 @@ class OrderScope(Body):
     targets: str = Field(min_length=1, max_length=4000, description="a server selector")
     commands: list[CommandTemplate] = Field(min_length=1, max_length=50)
     max_risk: Literal["read_only", "low", "high", "critical"] = "low"
+    sudo: bool = Field(default=False, description="whether runs may use sudo")
 
 
 class CronTrigger(Body):
     type: Literal["cron"] = "cron"
-    cron: str = Field(min_length=1, max_length=200)
+    cron: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^\S+( \S+){4}$",
+        description="five fields: minute hour day-of-month month day-of-week",
+    )
     timezone: str = Field(default="UTC", max_length=64)
 
 
@@ -249,6 +261,8 @@ class OrderCreate(Body):
 
 
 class OrderUpdate(Body):
+    """Only the fields given change; ``trigger`` and ``action`` may be set to null."""
+
     description: str | None = Field(default=None, max_length=4000)
     trigger: CronTrigger | EventTrigger | None = Field(default=None, discriminator="type")
     scope: OrderScope | None = None
@@ -258,9 +272,22 @@ class OrderUpdate(Body):
     missed_runs: Literal["skip", "run_once"] | None = None
     pause_after_failures: int | None = Field(default=None, ge=1, le=1000)
 
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> OrderUpdate:
+        for name in self.model_fields_set - {"trigger", "action"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
 
 class OrderDecision(Body):
     comment: str = Field(default="", max_length=2000)
+
+
+class OrderApproval(OrderDecision):
+    """The version approved: what the approver reviewed, not what it may have become."""
+
+    version: int = Field(ge=1)
 
 
 class OrderPublic(BaseModel):

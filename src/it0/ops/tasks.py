@@ -90,19 +90,36 @@ def steps_of(body: TaskCreate) -> tuple[str, list[dict[str, Any]]]:
 def build_payload(
     kind: str,
     steps: Sequence[dict[str, Any]],
-    server_ids: Sequence[uuid.UUID | str],
+    servers: Sequence[Server],
     *,
     sudo: bool,
     timeout: float | None,
     rollout: Rollout | dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """What runs, exactly: the steps, and each server with where and how it is reached,
+    so an approved host whose address, user, credential or kind changes is not approved."""
     if isinstance(rollout, Rollout):
         rollout = rollout.model_dump()
     return {
         "kind": kind,
         "steps": [{"name": s.get("name"), "command": s["command"]} for s in steps],
-        "server_ids": sorted(str(i) for i in server_ids),
+        "server_ids": sorted(str(s.id) for s in servers),
+        "servers": [server_binding(s) for s in sorted(servers, key=lambda s: str(s.id))],
         "params": {"sudo": sudo, "timeout": timeout, "rollout": rollout},
+    }
+
+
+def server_binding(server: Server) -> dict[str, Any]:
+    """The fields of a server that decide where a command runs and under which policy."""
+    return {
+        "id": str(server.id),
+        "kind": server.kind,
+        "address": server.address,
+        "port": server.port,
+        "username": server.username,
+        "credential_id": str(server.credential_id) if server.credential_id else None,
+        "environment": server.environment,
+        "env_label": server.labels.get("env"),
     }
 
 
@@ -179,7 +196,7 @@ async def submit(
     payload = build_payload(
         kind,
         steps,
-        [s.id for s in servers],
+        servers,
         sudo=body.sudo,
         timeout=body.timeout,
         rollout=body.rollout,
@@ -212,7 +229,9 @@ async def submit(
         await audit.record("task.created", "task", task.id, {**summary, "authorized_by": "policy"})
         publish_after_commit(session, TASK_READY, _ready(audit, task))
         return task, None
-    coverage = await authorize_by_order(session, steps, servers, risk, now, only=standing_order_id)
+    coverage = await authorize_by_order(
+        session, steps, servers, risk, now, sudo=body.sudo, only=standing_order_id
+    )
     if coverage.order is not None:
         order = coverage.order
         task.standing_order_id = order.id
@@ -225,11 +244,9 @@ async def submit(
         )
         publish_after_commit(session, TASK_READY, _ready(audit, task))
         return task, None
-    if standing_order_id is not None or coverage.note:
-        task.authorization = {
-            "not_covered": coverage.note,
-            **({"standing_order_id": str(standing_order_id)} if standing_order_id else {}),
-        }
+    task.standing_order_id = standing_order_id  # an order's own run that needs a person
+    if coverage.note:
+        task.authorization = {"not_covered": coverage.note}
     required, expiry = await approval_settings(session, settings_expiry)
     approval = Approval(
         task_id=task.id,
@@ -268,6 +285,7 @@ async def submit(
 def _authorize(task: Task, authorization: dict[str, Any], now: datetime) -> None:
     task.status = "approved"
     task.authorization = authorization
+    task.authorized_by = authorization["by"]
     task.approved_at = now
 
 
@@ -345,22 +363,31 @@ async def approval_of(session: AsyncSession, task_id: uuid.UUID) -> Approval | N
 
 
 async def cancel(audit: Recorder, task: Task, now: datetime | None = None) -> Task:
-    """Before it runs: cancelled at once. Running: the worker stops it (and its hosts)."""
+    """Before it runs: cancelled at once. Running: the worker stops it (and its hosts).
+
+    The approval row, then the task row, are locked first (the order votes take too), so a
+    vote or a worker's claim at the same moment is decided before or after, never between.
+    """
     now = now or utcnow()
+    approval = await approval_of(audit.session, task.id)
+    if approval is not None:
+        await audit.session.refresh(approval, with_for_update=True)
+    await audit.session.refresh(task, with_for_update=True)
     if task.status in FINAL_STATUSES:
         raise InvalidState(f"task is {task.status} already", details={"status": task.status})
     if task.status == "running":
         task.cancel_requested = True
+        await audit.session.flush()
         await audit.record("task.cancel_requested", "task", task.id, {"status": task.status})
         publish_after_commit(audit.session, TASK_CANCEL, _ready(audit, task))
         return task
-    approval = await approval_of(audit.session, task.id)
     if approval is not None and approval.status == "pending":
         approval.status = "cancelled"
         approval.decided_at = now
     task.status = "cancelled"
     task.finished_at = now
     task.message = "cancelled before it ran"
+    await audit.session.flush()
     await audit.record("task.cancelled", "task", task.id, {"before_run": True})
     return task
 

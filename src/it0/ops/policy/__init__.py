@@ -9,7 +9,7 @@ unwrapped. The rules are data (``rules.yaml``); a tenant adds ``RuleSpec`` rules
 
 from it0.ops.policy.bench import bench_classify, corpus
 from it0.ops.policy.classify import Part, Policy, Verdict, relaxes
-from it0.ops.policy.rules import PolicyError, Risk, RuleSpec
+from it0.ops.policy.rules import PolicyError, Risk, RuleSpec, check_regex
 
 __all__ = [
     "Part",
@@ -19,6 +19,7 @@ __all__ = [
     "RuleSpec",
     "Verdict",
     "bench_classify",
+    "check_regex",
     "corpus",
     "relaxes",
 ]

@@ -114,6 +114,20 @@ def _check_pattern(value: str | None) -> str | None:
 _QUANTIFIER = re.compile(r"[*+?]|\{(\d*)(,?)(\d*)\}")
 
 
+def check_regex(value: str) -> str:
+    """A user's regular expression, refused when it does not compile or could take
+    exponential time (a repeated group with an unbounded repeat inside)."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    if _nested_repeat(value):
+        raise ValueError(
+            "a repeated group may not contain * or + (like (a+)*): it can take exponential time"
+        )
+    return value
+
+
 def _nested_repeat(pattern: str) -> bool:
     """Whether a group repeated more than once contains an unbounded repeat. Python's
     regular expressions backtrack, and ``(\\s*-\\S+)*`` takes exponential time on a text

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("requester", sa.JSON(), nullable=False),
         sa.Column("standing_order_id", sa.Uuid(), nullable=True),
         sa.Column("authorization", sa.JSON(), nullable=False),
+        sa.Column("authorized_by", sa.String(20), nullable=True),
         sa.Column("retry_of", sa.Uuid(), nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("worker_id", sa.String(64), nullable=True),
@@ -155,6 +156,7 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
         sa.Column("owner_name", sa.String(128), nullable=False),
+        sa.Column("changed_by", sa.Uuid(), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("trigger", sa.JSON(), nullable=True),
         sa.Column("scope", sa.JSON(), nullable=False),
@@ -209,6 +211,10 @@ def _votes_are_final(schema: str) -> None:
     op.execute(
         f'CREATE TRIGGER approval_votes_append_only BEFORE UPDATE OR DELETE ON "{schema}".'
         f'approval_votes FOR EACH ROW EXECUTE FUNCTION "{schema}".it0_append_only()'
+    )
+    op.execute(
+        f'CREATE TRIGGER approval_votes_no_truncate BEFORE TRUNCATE ON "{schema}".'
+        f'approval_votes FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".it0_append_only()'
     )
 
 
