@@ -50,7 +50,28 @@ def classification_rate(seconds: float) -> tuple[int, float]:
 
 
 async def _end_to_end(
-    servers: list[SshdServer], key: asyncssh.SSHKey, command: str, rounds: int, data: Path
+    servers: list[SshdServer],
+    key: asyncssh.SSHKey,
+    command: str,
+    rounds: int,
+    data: Path,
+    postgres_url: str | None = None,
+) -> dict[str, Any]:
+    if postgres_url is None:
+        return await _measure(servers, key, command, rounds, data, None)
+    from it0.bench import throwaway_database  # the platform bench's helper
+
+    async with throwaway_database(postgres_url) as url:
+        return await _measure(servers, key, command, rounds, data, url)
+
+
+async def _measure(
+    servers: list[SshdServer],
+    key: asyncssh.SSHKey,
+    command: str,
+    rounds: int,
+    data: Path,
+    database_url: str | None,
 ) -> dict[str, Any]:
     from it0.app import create_app
     from it0.audit import install_audit_guard
@@ -63,6 +84,7 @@ async def _end_to_end(
     n = len(servers)
     settings = Settings(
         data_dir=data,
+        database_url=database_url,
         admin_password=PASSWORD,
         argon2_time_cost=1,
         argon2_memory_kib=1024,
@@ -216,6 +238,10 @@ def oversight(
     rounds: Annotated[int, typer.Option(min=1, help="rounds per runner (median)")] = 5,
     command: Annotated[str, typer.Option(help="read-only command run on every host")] = "uptime",
     seconds: Annotated[float, typer.Option(help="classification measuring time")] = 3.0,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(help="run on a throwaway database of this PostgreSQL server (default SQLite)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Policy classification rate, and a read-only task through the whole oversight path
@@ -227,7 +253,9 @@ def oversight(
     servers = start_fleet(hosts, [public_key_line(key)])
     try:
         with tempfile.TemporaryDirectory(prefix="it0-bench-oversight-") as tmp:
-            figures = asyncio.run(_end_to_end(servers, key, command, rounds, Path(tmp)))
+            figures = asyncio.run(
+                _end_to_end(servers, key, command, rounds, Path(tmp), postgres_url)
+            )
     finally:
         stop_fleet(servers)
     medians = {k: statistics.median(figures[k]) for k in ("path_cold", "path_warm")}
@@ -236,6 +264,7 @@ def oversight(
         "corpus_lines": count,
         "classified_per_second": round(rate),
         "hosts": hosts,
+        "database": "postgresql" if postgres_url else "sqlite",
         **{f"{k}_median_s": round(v, 4) for k, v in medians.items()},
         "ratio_cold": round(medians["path_cold"] / medians["bare_cold"], 3),
         "ratio_warm": round(medians["path_warm"] / medians["bare_warm"], 3),
@@ -251,7 +280,7 @@ def oversight(
 
 def _print(result: dict[str, Any]) -> None:
     console = Console()
-    table = Table("figure", "value", "target", title="it0 bench oversight")
+    table = Table("figure", "value", "target", title=f"it0 bench oversight ({result['database']})")
     table.add_row(
         f"classification ({result['corpus_lines']} corpus lines)",
         f"{result['classified_per_second']:,} lines/s",

@@ -214,20 +214,23 @@ class TaskRunner:
                 publish_after_commit(session, TASK_FINISHED, _finished(tenant, task))
                 return None
             plan = await self._plan(audit, tenant, task, servers)
-            session.add_all(
-                TaskHost(
-                    id=h.row_id,
-                    task_id=task.id,
-                    server_id=h.server_id,
-                    server_name=h.name,
-                    batch=h.batch,
-                    status="pending",
-                    steps=[],
-                    stdout="",
-                    stderr="",
-                    truncated=False,
-                )
-                for h in plan.hosts
+            await session.execute(  # one executemany: this is on every task's critical path
+                insert(TaskHost),
+                [
+                    {
+                        "id": h.row_id,
+                        "task_id": task.id,
+                        "server_id": h.server_id,
+                        "server_name": h.name,
+                        "batch": h.batch,
+                        "status": "pending",
+                        "steps": [],
+                        "stdout": "",
+                        "stderr": "",
+                        "truncated": False,
+                    }
+                    for h in plan.hosts
+                ],
             )
             task.status, task.started_at = "running", now
             task.worker_id = self.worker_id
@@ -507,19 +510,29 @@ class LiveWriter:
         )
 
     def host(self, plan: HostPlan, outcome: HostOutcome) -> None:
+        """A host's new status: written with the next flush, after the output before it
+        (a status not written yet is simply superseded)."""
+        self.hosts.pop(plan.server_id, None)
         self.hosts[plan.server_id] = (plan, outcome)
-        self.pending.append(
+
+    def _rows(
+        self, rows: list[dict[str, Any]], hosts: dict[uuid.UUID, tuple[HostPlan, HostOutcome]]
+    ) -> list[dict[str, Any]]:
+        now = utcnow()
+        events = rows + [
             {
                 "kind": "host",
                 "data": {
                     "host": plan.name,
                     "batch": plan.batch,
-                    "status": outcome.status,
-                    "exit_status": outcome.exit_status,
-                    "error": outcome.error,
+                    "status": o.status,
+                    "exit_status": o.exit_status,
+                    "error": o.error,
                 },
             }
-        )
+            for plan, o in hosts.values()
+        ]
+        return [{"task_id": self.task_id, "at": now, **row} for row in events]
 
     def note(self, message: str) -> None:
         self.pending.append({"kind": "note", "data": {"message": message}})
@@ -554,8 +567,8 @@ class LiveWriter:
     def drain(self) -> list[dict[str, Any]]:
         """The output rows not written yet (for the final store's transaction)."""
         rows, self.pending = self.pending, []
-        self.hosts = {}
-        return [{"task_id": self.task_id, "at": utcnow(), **row} for row in rows]
+        hosts, self.hosts = self.hosts, {}
+        return self._rows(rows, hosts)
 
     async def flush(self) -> bool:
         """Write what arrived; renew the lease; return whether to stop: cancellation was
@@ -575,11 +588,8 @@ class LiveWriter:
         now = utcnow()
         renewed = False
         async with self.p.db.session(self.tenant.schema, write=True) as session:
-            if rows:
-                await session.execute(
-                    insert(TaskOutput),
-                    [{"task_id": self.task_id, "at": now, **row} for row in rows],
-                )
+            if rows or hosts:
+                await session.execute(insert(TaskOutput), self._rows(rows, hosts))
             if hosts:
                 await session.execute(
                     update(TaskHost),
