@@ -635,9 +635,9 @@ async def _refusal(
     """Why an approved task may not run, if it may not."""
     if payload_hash(task.payload) != task.payload_hash:
         return "the task's payload no longer matches its hash", {"reason": "payload_changed"}
-    approval = await session.scalar(select(Approval).where(Approval.task_id == task.id))
     by = task.authorization.get("by")
     if by == "approval":
+        approval = await session.scalar(select(Approval).where(Approval.task_id == task.id))
         if approval is None or approval.status != "approved":
             return "the task has no granted approval", {"reason": "not_approved"}
         if approval.payload_hash != task.payload_hash:
