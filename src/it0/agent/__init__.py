@@ -1,0 +1,1 @@
+"""The AI ops agent: runbooks, and later conversations, model providers and tools."""
