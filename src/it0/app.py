@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import delete, select
 
 from it0 import __version__
+from it0.agent.api import router as agent_router
 from it0.audit import install_audit_guard
 from it0.audit.api import router as audit_router
 from it0.auth.api import router as auth_router
@@ -124,6 +125,7 @@ def create_app(
         app.include_router(inventory_router)
         app.include_router(credentials_router)
         app.include_router(ops_router)
+        app.include_router(agent_router)
     return app
 
 

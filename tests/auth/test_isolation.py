@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from it0.agent.runbooks import load_builtin
 from it0.app import create_app
 from it0.platform import Platform
 from tests.auth.helpers import (
@@ -42,6 +43,8 @@ from tests.conftest import ADMIN_PASSWORD
 
 # routes whose path carries a signed token instead of naming a resource (tested on their own)
 TOKEN_ROUTES = frozenset({f"{API}/approval-links/{{token}}"})
+# PUT creates what it names in the caller's tenant: a 201 there is no leak (GET/DELETE are probed)
+UPSERT_ROUTES = frozenset({("PUT", f"{API}/runbooks/{{runbook_id}}")})
 
 # values for the body fields of mutating routes; valid, and damaging if they ever applied
 SAMPLE_FIELDS: dict[str, Any] = {
@@ -76,6 +79,7 @@ class Other:
     approval_id: str
     order_id: str
     order_name: str
+    runbook_id: str
 
     @property
     def uuids(self) -> list[str]:
@@ -99,6 +103,7 @@ class Other:
             self.server_name,
             self.cluster_name,
             self.order_name,
+            self.runbook_id,
             self.task_id[:13],
         ]
 
@@ -152,6 +157,9 @@ async def _setup_other(client: httpx.AsyncClient, admin: dict[str, str]) -> Othe
     assert response.status_code == 201, response.text
     server = response.json()
     task, order = await _other_oversight(client, other_admin)
+    runbook = {**load_builtin()[0].model_dump(mode="json"), "id": "other-runbook"}
+    response = await client.put(f"{API}/runbooks/other-runbook", json=runbook, headers=other_admin)
+    assert response.status_code == 201, response.text
     events = await audit_events(client, other_admin)
     assert {
         "tenant.create",
@@ -179,6 +187,7 @@ async def _setup_other(client: httpx.AsyncClient, admin: dict[str, str]) -> Othe
         approval_id=task["approval_id"],
         order_id=order["id"],
         order_name=order["name"],
+        runbook_id="other-runbook",
     )
 
 
@@ -253,6 +262,8 @@ async def test_other_tenants_resources_are_not_found_through_any_route(
         probed = 0
         for route in api_routes(app):
             if not route.path_params or route.path in TOKEN_ROUTES:
+                continue
+            if any((method, route.path) in UPSERT_ROUTES for method in route.methods):
                 continue
             body = _body_for(route)
             for substitution in _candidates(route, other):

@@ -27,6 +27,7 @@ from typer.testing import CliRunner, Result
 
 from it0.cli.approvals import approvals_app
 from it0.cli.orders import orders_app
+from it0.cli.runbooks import runbooks_app
 from it0.cli.tasks import tasks_app
 from it0.client import Client, parse_sse
 from tests.processes import ANSI, HOST, Server, free_port, it0_command, it0_env, server_pool
@@ -42,6 +43,7 @@ cli = typer.Typer()
 cli.add_typer(tasks_app, name="tasks")
 cli.add_typer(approvals_app, name="approvals")
 cli.add_typer(orders_app, name="orders")
+cli.add_typer(runbooks_app, name="runbooks")
 runner = CliRunner()
 
 
@@ -570,3 +572,60 @@ def test_events_reconnect_with_last_event_id() -> None:
         ("done", None),
     ]
     assert _FlakyEvents.seen == [None, "2"]
+
+
+RUNBOOK_YAML = """\
+id: queue-backlog
+title: Job queue backlog
+summary: Jobs pile up in the worker queue.
+symptoms: [queue backlog growing, jobs stuck in queue]
+keywords: [queue, backlog, worker]
+diagnostics:
+  - name: Worker service
+    command: systemctl status app-worker
+    explain: Is the worker running?
+  - name: Recent errors
+    command: journalctl -u app-worker -n 100
+    explain: Errors that stop jobs.
+remediations:
+  - name: Restart the worker
+    command: systemctl restart app-worker
+    risk_note: Jobs in flight are retried.
+    when: The worker is stuck.
+verify:
+  - name: Worker again
+    command: systemctl is-active app-worker
+    explain: active
+"""
+
+
+def test_runbooks_list_search_add_show_rm(site: Site, tmp_path: Path) -> None:
+    listed = json.loads(it0(site, "bob", "runbooks", "list", "--json").stdout)
+    assert {"disk-full", "service-down"} <= {r["id"] for r in listed}
+    found = it0(site, "bob", "runbooks", "list", "--query", "the disk is full on web-1")
+    assert found.code == 0, found
+    rows = [line.strip("│ ") for line in found.lines if "builtin" in line]
+    assert rows[0].startswith("disk-full "), found.stdout
+    path = tmp_path / "queue.yaml"
+    path.write_text(RUNBOOK_YAML)
+    denied = it0(site, "alice", "runbooks", "add", str(path))  # operators lack policy:write
+    assert denied.code == 2
+    assert denied.stderr.startswith("error 403:"), denied.stderr
+    added = it0(site, "admin", "runbooks", "add", str(path))
+    assert added.code == 0, added
+    shown = it0(site, "bob", "runbooks", "show", "queue-backlog")
+    assert shown.code == 0, shown
+    assert "systemctl status app-worker" in shown.stdout
+    searched = json.loads(
+        it0(site, "bob", "runbooks", "list", "-q", "jobs stuck in queue", "--json").stdout
+    )
+    assert searched[0]["id"] == "queue-backlog"
+    assert searched[0]["source"] == "tenant"
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text(RUNBOOK_YAML.replace("journalctl -u app-worker -n 100", "rm -rf /tmp/q"))
+    refused = it0(site, "admin", "runbooks", "add", str(unsafe))
+    assert refused.code == 2
+    assert refused.stderr.startswith("error 422:"), refused.stderr
+    removed = it0(site, "admin", "runbooks", "rm", "queue-backlog")
+    assert removed.code == 0, removed
+    assert it0(site, "bob", "runbooks", "show", "queue-backlog").code == 2

@@ -4,8 +4,8 @@ Data commands (tenant, user, apikey, audit) work directly against the configured
 (``IT0_DATA_DIR`` / ``IT0_DATABASE_URL``), which is how a fresh install is bootstrapped and
 administered on the machine that runs it. Given ``--url`` (or ``IT0_URL``) and an API key
 (``--key`` / ``IT0_API_KEY``) they talk to a running server over its API instead.
-``tasks``, ``approvals`` and ``orders`` act as a person, so they always talk to a running
-server with that person's API key.
+``tasks``, ``approvals``, ``orders`` and ``runbooks`` act as a person, so they always talk to
+a running server with that person's API key.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from it0.cli.audit import audit_app
 from it0.cli.inventory import clusters_app, servers_app
 from it0.cli.orders import orders_app
 from it0.cli.policy import app as policy_app
+from it0.cli.runbooks import runbooks_app
 from it0.cli.serve import migrate, serve
 from it0.cli.tasks import tasks_app
 from it0.cli.tenancy import apikey_app, tenant_app, user_app
@@ -38,6 +39,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(orders_app, name="orders")
 app.add_typer(policy_app, name="policy")
+app.add_typer(runbooks_app, name="runbooks")
 app.add_typer(bench_app, name="bench")
 
 

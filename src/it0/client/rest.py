@@ -297,6 +297,22 @@ class Client:
             body = {"comment": comment, "version": version}
         return self._object("POST", f"/standing-orders/{ref}/{action}", json=body)
 
+    # --- runbooks ---------------------------------------------------------------------------
+
+    def runbooks(self, query: str | None = None) -> list[dict[str, Any]]:
+        """Every runbook by id (built-in and the tenant's), or the best matches of ``query``."""
+        return self._list("/runbooks", params=_without_none({"q": query}))
+
+    def runbook(self, runbook_id: str) -> dict[str, Any]:
+        return self._object("GET", f"/runbooks/{runbook_id}")
+
+    def put_runbook(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Add or replace the tenant's runbook ``spec["id"]``."""
+        return self._object("PUT", f"/runbooks/{spec.get('id', '')}", json=dict(spec))
+
+    def delete_runbook(self, runbook_id: str) -> None:
+        self.request("DELETE", f"/runbooks/{runbook_id}")
+
 
 def _reason(exc: httpx.TransportError) -> str:
     return str(exc) or type(exc).__name__
