@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
@@ -171,3 +173,30 @@ def _via(part: dict[str, Any]) -> str:
     if isinstance(via, list):
         via = " > ".join(str(v) for v in via)
     return f" (via {via})" if via else ""
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML gives dates and times as objects; the API wants them as ISO text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A request body from a YAML or JSON file; one line on stderr and exit 2 otherwise."""
+    try:
+        text = path.read_text()
+        body = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        err.print(
+            f"[red]error:[/red] cannot read {escape(str(path))}: {escape(one_line(str(exc)))}"
+        )
+        raise typer.Exit(2) from None
+    if not isinstance(body, dict):
+        err.print(f"[red]error:[/red] {escape(str(path))} must hold {what}")
+        raise typer.Exit(2)
+    return dict(_jsonable(body))

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from it0.cli._common import JsonOut, err, out
+from it0.cli._common import JsonOut, out
 from it0.cli._remote import (
     DEFAULT_URL,
     RISK_STYLE,
@@ -26,6 +23,7 @@ from it0.cli._remote import (
     one_line,
     print_fields,
     print_json,
+    read_mapping,
     styled,
     when,
 )
@@ -57,30 +55,8 @@ def _order_line(order: dict[str, Any]) -> None:
     out.print(line, soft_wrap=True)
 
 
-def _jsonable(value: Any) -> Any:
-    """YAML gives dates and times as objects; the API wants them as ISO text."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return value
-
-
 def _order_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-        body = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        err.print(
-            f"[red]error:[/red] cannot read {escape(str(path))}: {escape(one_line(str(exc)))}"
-        )
-        raise typer.Exit(2) from None
-    if not isinstance(body, dict):
-        err.print(f"[red]error:[/red] {escape(str(path))} must hold one standing order (a mapping)")
-        raise typer.Exit(2)
-    return dict(_jsonable(body))
+    return read_mapping(path, "one standing order (a mapping)")
 
 
 @orders_app.command("list")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -19,9 +17,9 @@ from it0.cli._remote import (
     ServerUrl,
     api_client,
     list_table,
-    one_line,
     print_fields,
     print_json,
+    read_mapping,
 )
 
 runbooks_app = typer.Typer(
@@ -35,15 +33,8 @@ RunbookFile = Annotated[
 
 
 def _runbook_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-        body = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        err.print(
-            f"[red]error:[/red] cannot read {escape(str(path))}: {escape(one_line(str(exc)))}"
-        )
-        raise typer.Exit(2) from None
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
+    body = read_mapping(path, "one runbook with an `id`")
+    if not isinstance(body.get("id"), str) or not body["id"]:
         err.print(f"[red]error:[/red] {escape(str(path))} must hold one runbook with an `id`")
         raise typer.Exit(2)
     return body

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import Field
 from sqlalchemy import select
 
 from it0.auth.deps import (
@@ -25,6 +26,7 @@ from it0.auth.deps import (
 from it0.auth.errors import UnknownTenant
 from it0.auth.tokens import Principal, TenantRef, find_tenant, user_principal
 from it0.core.errors import AuthenticationError
+from it0.core.schemas import Body
 from it0.ops import approvals as approvals_service
 from it0.ops import orders as orders_service
 from it0.ops import rules as rules_service
@@ -127,10 +129,8 @@ async def cancel_task(ref: Ref, _: TaskWriter, audit: Audit) -> TaskPublic:
     return tasks_service.task_public(task, approval.id if approval else None)
 
 
-class RetryBody(VoteCreate):
-    """``comment`` is not used; ``reason`` replaces the original reason when given."""
-
-    reason: str | None = None
+class RetryBody(Body):
+    reason: str | None = Field(default=None, max_length=2000, description="replaces the reason")
 
 
 @router.post("/tasks/{ref}/retry", status_code=201)

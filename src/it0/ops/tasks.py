@@ -48,7 +48,6 @@ from it0.ops.schemas import (
 from it0.ops.settings import approval_settings
 
 TASK_READY = "task.ready"
-TASK_CANCEL = "task.cancel"
 
 
 @dataclass(frozen=True)
@@ -379,7 +378,6 @@ async def cancel(audit: Recorder, task: Task, now: datetime | None = None) -> Ta
         task.cancel_requested = True
         await audit.session.flush()
         await audit.record("task.cancel_requested", "task", task.id, {"status": task.status})
-        publish_after_commit(audit.session, TASK_CANCEL, _ready(audit, task))
         return task
     if approval is not None and approval.status == "pending":
         approval.status = "cancelled"
