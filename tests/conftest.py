@@ -16,7 +16,15 @@ from it0.audit import install_audit_guard
 from it0.auth.bootstrap import bootstrap
 from it0.core.settings import Settings
 from it0.platform import Platform
+from tests import netguard
 from tests.services import ServerHandle, postgres_server, redis_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def network_guard() -> Iterator[None]:
+    """Nothing in the suite reaches beyond this machine: a real model API call fails."""
+    with netguard.guarded():
+        yield
 
 
 def _serve(start: Callable[[], ServerHandle]) -> Iterator[str]:

@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 
 from it0 import __version__
 from it0.agent.api import router as agent_router
+from it0.agent.conversation import Conversations
 from it0.audit import install_audit_guard
 from it0.audit.api import router as audit_router
 from it0.auth.api import router as auth_router
@@ -60,8 +61,13 @@ def create_app(
         scheduler = Scheduler(p)
         if "scheduler" in roles:
             scheduler.subscribe_events()
+        conversations = app.state.conversations = Conversations(p)
+        if "worker" in roles:
+            conversations.subscribe()
         await p.bus.start()
         loops = []
+        if "worker" in roles:
+            loops.append(asyncio.create_task(conversations.loop(), name="it0-agent-resume"))
         if "scheduler" in roles:
             loops.append(asyncio.create_task(_housekeeping(p), name="it0-housekeeping"))
             loops.append(asyncio.create_task(scheduler.loop(), name="it0-scheduler"))
@@ -73,6 +79,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await conversations.close()
             await runner.close()
             await checkpoint_all(p)
             if owned:
@@ -87,6 +94,7 @@ def create_app(
     app.state.roles = roles
     if platform is not None:  # usable without running the lifespan (in-process test clients)
         app.state.platform = platform
+        app.state.conversations = Conversations(platform)
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)

@@ -5,24 +5,52 @@ are meant to be read-only (the agent runs them without asking; a test holds ever
 one to ``Risk.READ_ONLY``), its remediations change the machine and go through approval.
 Commands name their inputs as ``{placeholder}``; ``Runbook.render`` fills them in only with
 plain words, so a value can never add a second command, a redirect or an option.
+
+A diagnostics step may list ``findings``, checks that turn its output into findings without a
+model. A line check has a ``pattern`` (a Python regular expression searched in each line of
+stdout, then of stderr) and a ``message`` filled from the pattern's named groups, as in
+``"{path} is {pct}% full"``. With ``group`` and one of ``above``, ``below`` or ``above_step``
+it fires only when that group's number is past the limit: ``above_step`` takes the limit
+from the first number another diagnostics step printed (``nproc``), and ``percent_of``
+compares ``100 * group / percent_of`` instead of the group itself. A message with a limit
+may also use ``{limit}``. An exit check has only ``exit_nonzero``: the message when the step
+exits with a status other than 0, which may show it as ``{exit_status}``. ``remediation``
+names the remediation step a finding supports; ``severity`` is critical, warning or info.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import string
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from it0.ops.policy import check_regex
 
 # A placeholder is an identifier in braces; `{}` (find -exec) and `{print $1}` (awk) are not.
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:@%+=,/-]{1,256}")
 _ID = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 _PARAMETER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+Severity = Literal["critical", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
+"""Most severe first."""
+LIMIT_FIELD = "limit"
+EXIT_STATUS_FIELD = "exit_status"
+MAX_PATTERN = 300
 
 
 def _reject_nul(value: Any) -> Any:
@@ -56,6 +84,28 @@ def placeholders(command: str) -> list[str]:
     return _PLACEHOLDER.findall(command)
 
 
+def message_fields(message: str) -> list[str]:
+    """The ``{name}`` fields of a message template; raise on any other kind of field."""
+    try:
+        parsed = list(string.Formatter().parse(message))
+    except ValueError as exc:
+        raise ValueError(f"message {message!r}: {exc}") from None
+    names: list[str] = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise ValueError(f"message {message!r}: fields are written {{name}}, nothing else")
+        names.append(field)
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
+def compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled, cached: checks are applied to every line of every host."""
+    return re.compile(pattern)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -82,11 +132,85 @@ class Parameter(_Strict):
         return self
 
 
+_Message = Annotated[str, Field(min_length=1, max_length=300)]
+
+
+class Check(_Strict):
+    """A finding a diagnostics step's output can show: a line check or an exit check.
+
+    The fields are described in the module docstring. A pattern that does not compile,
+    could backtrack exponentially or lacks a group the message or limit names is refused.
+    """
+
+    pattern: (
+        Annotated[
+            str, StringConstraints(strip_whitespace=False, min_length=1, max_length=MAX_PATTERN)
+        ]
+        | None
+    ) = None
+    message: _Message | None = None
+    exit_nonzero: _Message | None = None
+    group: str | None = None
+    above: float | None = Field(default=None, allow_inf_nan=False)
+    below: float | None = Field(default=None, allow_inf_nan=False)
+    above_step: str | None = Field(default=None, min_length=1)
+    percent_of: str | None = None
+    severity: Severity = "warning"
+    remediation: str | None = Field(default=None, min_length=1)
+
+    @property
+    def has_limit(self) -> bool:
+        return self.above is not None or self.below is not None or self.above_step is not None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Check:
+        if (self.pattern is None) == (self.exit_nonzero is None):
+            raise ValueError("a check has either `pattern` and `message`, or `exit_nonzero`")
+        if self.exit_nonzero is not None:
+            if self.message or self.group or self.percent_of or self.has_limit:
+                raise ValueError("an `exit_nonzero` check has no message, group or limit")
+            unknown = set(message_fields(self.exit_nonzero)) - {EXIT_STATUS_FIELD}
+            if unknown:
+                raise ValueError(
+                    f"exit_nonzero {self.exit_nonzero!r}: unknown field(s) {sorted(unknown)}; "
+                    f"only {{{EXIT_STATUS_FIELD}}}"
+                )
+            return self
+        assert self.pattern is not None
+        if self.message is None:
+            raise ValueError("a check with a `pattern` needs a `message`")
+        check_regex(self.pattern)
+        groups = set(compiled(self.pattern).groupindex)
+        reserved = groups & {LIMIT_FIELD, EXIT_STATUS_FIELD}
+        if reserved:
+            raise ValueError(
+                f"pattern {self.pattern!r}: group name(s) {sorted(reserved)} are reserved"
+            )
+        limits = sum(x is not None for x in (self.above, self.below, self.above_step))
+        if self.group is None:
+            if limits or self.percent_of:
+                raise ValueError("`above`, `below`, `above_step` and `percent_of` need a `group`")
+        elif limits != 1:
+            raise ValueError(f"group {self.group!r}: give one of `above`, `below`, `above_step`")
+        for name in (self.group, self.percent_of):
+            if name is not None and name not in groups:
+                raise ValueError(f"pattern {self.pattern!r} has no group named {name!r}")
+        allowed = groups | ({LIMIT_FIELD} if limits else set())
+        unknown = set(message_fields(self.message)) - allowed
+        if unknown:
+            raise ValueError(
+                f"message {self.message!r}: {sorted(unknown)} not among the pattern's "
+                f"named groups {sorted(groups)}" + (" or {limit}" if limits else "")
+            )
+        return self
+
+
 class Step(_Strict):
     """One command of a runbook.
 
     Diagnostics and verify steps say in ``explain`` what to look for in the output;
     remediations say ``when`` a finding justifies them and, in ``risk_note``, what they risk.
+    Only diagnostics have ``findings``.
     """
 
     name: str = Field(min_length=1, max_length=200)
@@ -94,6 +218,7 @@ class Step(_Strict):
     explain: str | None = None
     risk_note: str | None = None
     when: str | None = None
+    findings: tuple[Check, ...] = Field(default=(), max_length=50)
 
 
 class Runbook(_Strict):
@@ -126,6 +251,23 @@ class Runbook(_Strict):
         for step in self.remediations:
             if not step.risk_note or not step.when or step.explain:
                 raise ValueError(f"remediation {step.name!r}: needs `risk_note` and `when`")
+        for kind, steps in (("remediation", self.remediations), ("verify", self.verify)):
+            for step in steps:
+                if step.findings:
+                    raise ValueError(f"{kind} step {step.name!r}: only diagnostics have findings")
+        remediations = {step.name for step in self.remediations}
+        diagnostics = {step.name for step in self.diagnostics}
+        for step in self.diagnostics:
+            for check in step.findings:
+                if check.remediation is not None and check.remediation not in remediations:
+                    raise ValueError(
+                        f"step {step.name!r}: finding names no remediation {check.remediation!r}"
+                    )
+                if check.above_step is not None and check.above_step not in diagnostics:
+                    raise ValueError(
+                        f"step {step.name!r}: above_step {check.above_step!r} "
+                        "is not a diagnostics step"
+                    )
         for step in self.steps:
             unknown = sorted(set(placeholders(step.command)) - self.parameters.keys())
             if unknown:

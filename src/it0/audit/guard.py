@@ -19,7 +19,7 @@ from it0.core.errors import IT0Error
 _AUDIT_TABLES = frozenset({"audit_events", "audit_checkpoints"})
 # written on every login and refresh; the login itself is the audited event;
 # live task output is progress; the task's start and end are the audited events
-_EXEMPT_TABLES = frozenset({"login_throttle", "refresh_tokens", "task_output"})
+_EXEMPT_TABLES = frozenset({"login_throttle", "refresh_tokens", "task_output", "agent_events"})
 
 
 class UnauditedChange(IT0Error):

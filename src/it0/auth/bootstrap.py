@@ -3,8 +3,10 @@ embedded SQLite default, server ``localhost``: the control-plane host itself).""
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -20,6 +22,29 @@ from it0.platform import Platform
 
 DEFAULT_TENANT = "default"
 ADMIN = "admin"
+
+
+LOCAL_KEY_FILE = "cli.key"
+
+
+def write_local_key(data_dir: Path, key: str) -> None:
+    """The admin's API key for the CLI on this machine, readable by this user only.
+
+    Only on the embedded default, where whoever can read the data dir can read the whole
+    database anyway; ``it0 ask`` and the other remote commands use it when no key is given.
+    """
+    path = data_dir / LOCAL_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+
+
+def read_local_key(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / LOCAL_KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -58,4 +83,16 @@ async def bootstrap(p: Platform) -> Bootstrap:
         user.is_platform_admin = True
         if p.db.is_sqlite:  # the embedded default: the host IT0 runs on is there to look at
             await register_control_plane(TenantRecorder(p, session, ref.pair, ctx))
+            _, key = await service.create_api_key(
+                p,
+                session,
+                ref,
+                ctx,
+                user_id=user.id,
+                name="local cli",
+                role="admin",
+                granter=TENANT_PERMISSIONS,
+                expires_at=None,
+            )
+            write_local_key(p.settings.data_dir, key)
     return Bootstrap(created=True, admin_password=None if (given or existing) else password)

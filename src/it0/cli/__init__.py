@@ -4,8 +4,8 @@ Data commands (tenant, user, apikey, audit) work directly against the configured
 (``IT0_DATA_DIR`` / ``IT0_DATABASE_URL``), which is how a fresh install is bootstrapped and
 administered on the machine that runs it. Given ``--url`` (or ``IT0_URL``) and an API key
 (``--key`` / ``IT0_API_KEY``) they talk to a running server over its API instead.
-``tasks``, ``approvals``, ``orders`` and ``runbooks`` act as a person, so they always talk to
-a running server with that person's API key.
+``tasks``, ``approvals``, ``orders``, ``runbooks``, ``ask`` and ``chat`` act as a person, so
+they always talk to a running server with that person's API key.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from it0.bench import app as bench_app
+from it0.cli.agent import ask, chat
 from it0.cli.approvals import approvals_app
 from it0.cli.audit import audit_app
 from it0.cli.inventory import clusters_app, servers_app
@@ -27,6 +28,8 @@ from it0.cli.vault import credentials_app, vault_app
 app = typer.Typer(help="IT0: AI-powered operations for server clusters.", no_args_is_help=True)
 app.command()(serve)
 app.command()(migrate)
+app.command()(ask)
+app.command()(chat)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")

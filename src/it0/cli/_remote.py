@@ -57,6 +57,7 @@ RISK_STYLE = {
 @contextmanager
 def api_client(url: str, key: str | None) -> Iterator[Client]:
     """A client; any error of the server becomes one red line and exit code 2."""
+    key = key or _local_key(url)
     if not key:
         err.print("[red]error:[/red] an API key is needed: --key or IT0_API_KEY", soft_wrap=True)
         raise typer.Exit(2)
@@ -70,6 +71,18 @@ def api_client(url: str, key: str | None) -> Iterator[Client]:
         message = escape(one_line(_message(exc)))
         err.print(f"[red]error {exc.status}:[/red] {message}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def _local_key(url: str) -> str | None:
+    """The key the embedded default wrote at its first start, for a server on this machine."""
+    from urllib.parse import urlsplit
+
+    from it0.auth.bootstrap import read_local_key
+    from it0.core.settings import Settings
+
+    if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return read_local_key(Settings().data_dir)
 
 
 def _message(exc: ApiError) -> str:

@@ -48,7 +48,9 @@ def serve(
                 "\n[bold green]IT0 is set up.[/bold green] Tenant [bold]default[/bold], "
                 f"user [bold]admin[/bold], password: [bold yellow]{result.admin_password}"
                 "[/bold yellow]\n"
-                "This password is shown once; change it with `it0 user passwd admin`.\n",
+                "This password is shown once; change it with `it0 user passwd admin`.\n"
+                "The CLI on this machine uses the admin's key in "
+                f'{settings.data_dir / "cli.key"}: try `it0 ask "disk is full on localhost"`.\n',
                 highlight=False,
             )
     typed_roles: list[Role] = [r for r in ALL_ROLES if r in chosen]

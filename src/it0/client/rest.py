@@ -252,6 +252,59 @@ class Client:
                 raise ServerUnreachable(self.url, why)
             time.sleep(backoff * failures)
 
+    # --- the agent ----------------------------------------------------------------------------
+
+    def create_session(self, title: str | None = None) -> dict[str, Any]:
+        return self._object("POST", "/agent/sessions", json=_without_none({"title": title}))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return self._list("/agent/sessions")
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        return self._object("GET", f"/agent/sessions/{session_id}")
+
+    def ask(self, session_id: str, content: str) -> Iterator[Event]:
+        """Send a message; the turn's events until ``done`` (a turn is not retried)."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT)
+        try:
+            with self._http.stream(
+                "POST",
+                f"{API}/agent/sessions/{session_id}/messages",
+                json={"content": content},
+                headers={"Accept": "text/event-stream"},
+                timeout=timeout,
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.of(response)
+                for event in parse_sse(response.iter_lines()):
+                    yield event
+                    if event["event"] == "done":
+                        return
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, _reason(exc)) from exc
+
+    def session_events(
+        self, session_id: str, after: int = 0, *, follow: bool = True
+    ) -> Iterator[Event]:
+        """The session's stored events after ``after``; with ``follow``, until it is idle."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT)
+        params: dict[str, str | int] = {"after": after, "follow": str(follow).lower()}
+        try:
+            with self._http.stream(
+                "GET",
+                f"{API}/agent/sessions/{session_id}/events",
+                params=params,
+                headers={"Accept": "text/event-stream"},
+                timeout=timeout,
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.of(response)
+                yield from parse_sse(response.iter_lines())
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, _reason(exc)) from exc
+
     # --- approvals --------------------------------------------------------------------------
 
     def approvals(

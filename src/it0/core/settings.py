@@ -69,6 +69,31 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="a tick later than this counts as missed"
     )
 
+    # the agent: which model (``offline`` is the runbook planner), its endpoint, its budgets
+    agent_model: str = Field(
+        default="offline",
+        description="offline | anthropic:<model> | openai:<model> | claude-sdk:<model>",
+    )
+    agent_base_url: str | None = Field(
+        default=None, description="the model API's base URL (else the provider's own variable)"
+    )
+    agent_api_key: SecretStr | None = None
+    agent_max_tool_calls: int = Field(default=20, ge=1, description="per turn")
+    agent_max_tokens: int = Field(default=200_000, ge=100, description="input+output per turn")
+    agent_turn_timeout: float = Field(default=300.0, gt=0, description="seconds per turn")
+    agent_response_tokens: int = Field(default=4096, ge=16, description="per model response")
+    agent_command_wait: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a read-only command may run before the agent moves on",
+    )
+    agent_output_chars: int = Field(
+        default=6000, ge=200, description="command output shown to the model, per host"
+    )
+    agent_resume_interval: float = Field(
+        default=5.0, gt=0, description="seconds between checks for decided approvals"
+    )
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -23,7 +23,7 @@ from it0.inventory.service import Recorder
 from it0.ops.errors import AlreadyVoted, FourEyes, LinkUsed, NotPending, OpsNotFound, PayloadChanged
 from it0.ops.models import Approval, ApprovalLinkUse, ApprovalVote, Task
 from it0.ops.schemas import ApprovalPublic, VotePublic
-from it0.ops.tasks import _by_ref, payload_hash, queue
+from it0.ops.tasks import _by_ref, announce_finished, payload_hash, queue
 
 Decision = Literal["approve", "reject"]
 LINK_TYPE = "approval-link"
@@ -106,6 +106,7 @@ async def vote(
         task.status, task.finished_at = "rejected", now
         task.message = f"rejected by {voter.username}"
         await audit.record("task.rejected", "task", task.id, {"by": voter.username})
+        announce_finished(audit, task)
     elif approvals >= approval.required:
         approval.status, approval.decided_at = "approved", now
         voters = await _voters(session, approval.id)
@@ -147,6 +148,7 @@ async def expire(audit: Recorder, approval: Approval, task: Task, now: datetime)
     if task.status == "pending_approval":
         task.status, task.finished_at = "expired", now
         task.message = "the approval request expired"
+        announce_finished(audit, task)
     await audit.session.flush()
     await audit.record(
         "approval.expired",

@@ -77,7 +77,8 @@ async def _measure(
     from it0.audit import install_audit_guard
     from it0.auth.bootstrap import bootstrap
     from it0.core.settings import Settings
-    from it0.ops.runner import TASK_FINISHED, TaskRunner
+    from it0.ops.runner import TaskRunner
+    from it0.ops.tasks import TASK_FINISHED
     from it0.platform import Platform
 
     install_audit_guard()

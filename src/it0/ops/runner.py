@@ -40,12 +40,11 @@ from it0.inventory.reach import pin_host_key, targets_for
 from it0.inventory.selectors import parse_selector, resolve
 from it0.inventory.service import TenantRecorder
 from it0.ops.models import Approval, StandingOrder, Task, TaskHost, TaskOutput
-from it0.ops.tasks import TASK_READY, payload_hash, server_binding
+from it0.ops.tasks import TASK_FINISHED, TASK_READY, payload_hash, server_binding
 from it0.platform import Platform
 
 log = logging.getLogger(__name__)
 
-TASK_FINISHED = "task.finished"
 TASKS_GROUP = "tasks"
 EXEMPT = {"it0_audit_exempt": True}
 DONE_HOST = frozenset({"ok", "failed", "unreachable"})

@@ -48,6 +48,7 @@ from it0.ops.schemas import (
 from it0.ops.settings import approval_settings
 
 TASK_READY = "task.ready"
+TASK_FINISHED = "task.finished"  # run, refused, rejected, expired or cancelled
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,15 @@ def queue(audit: Recorder, task: Task) -> None:
     publish_after_commit(audit.session, TASK_READY, _ready(audit, task))
 
 
+def announce_finished(audit: Recorder, task: Task) -> None:
+    """Tell listeners (the agent waiting on it, benchmarks) once the final state commits."""
+    publish_after_commit(
+        audit.session,
+        TASK_FINISHED,
+        {"tenant": audit.tenant_pair[0], "task_id": str(task.id), "status": task.status},
+    )
+
+
 def _task_summary(task: Task) -> dict[str, Any]:
     return {
         "kind": task.kind,
@@ -387,6 +397,7 @@ async def cancel(audit: Recorder, task: Task, now: datetime | None = None) -> Ta
     task.message = "cancelled before it ran"
     await audit.session.flush()
     await audit.record("task.cancelled", "task", task.id, {"before_run": True})
+    announce_finished(audit, task)
     return task
 
 
