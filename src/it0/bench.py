@@ -35,12 +35,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from it0.agent.bench import agent
 from it0.execution.bench import fanout
 from it0.ops.bench import oversight
 
 app = typer.Typer(help="Benchmarks (figures, not tests).", no_args_is_help=True)
 app.command("fanout")(fanout)
 app.command("oversight")(oversight)
+app.command("agent")(agent)
 out = Console()
 err = Console(stderr=True)
 

@@ -434,23 +434,33 @@ class _Uvicorn(uvicorn.Server):
         await self._wake.wait()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Take in the connections clients already opened first: on Python 3.11 a connection
+        # accepted just before `Server.close()` fails to attach and leaks its socket.
+        await asyncio.sleep(0.01)
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2
         state = self.server_state
-        # uvicorn signals no closed connection, so poll as it does; a reply still being computed
-        # for a connection that is gone (a client that timed out) is cancelled.
-        while state.connections and loop.time() < deadline:  # noqa: ASYNC110
+        for connection in list(state.connections):
+            connection.shutdown()
+        # uvicorn signals no closed connection, so poll as it does.
+        deadline = loop.time() + 2
+        while (state.connections or state.tasks) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.002)
         for task in list(state.tasks):
             task.cancel()
+        for connection in list(state.connections):
+            connection.transport.close()
         for server in self.servers:
             await server.wait_closed()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep for `seconds`, or until the server is asked to stop."""
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     def request_stop(self) -> None:
         """Ask the server, from any thread, to shut down."""
@@ -497,29 +507,36 @@ class FakeModelServer:
         if self._thread is not None:
             raise RuntimeError("FakeModelServer is already running")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app,
-            lifespan="off",
-            loop="asyncio",
-            http="h11",
-            ws="none",
-            log_config=None,
-            access_log=False,
-        )
-        server = _Uvicorn(config)
-        thread = threading.Thread(
-            target=self._serve, args=(server, sock), name=f"fake-model-server-{port}", daemon=True
-        )
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self._app,
+                lifespan="off",
+                loop="asyncio",
+                http="h11",
+                ws="none",
+                log_config=None,
+                access_log=False,
+            )
+            server = _Uvicorn(config)
+            thread = threading.Thread(
+                target=self._serve, args=(server, sock), name=f"fake-model-server-{port}"
+            )
+            thread.daemon = True
+        except BaseException:
+            sock.close()
+            raise
         self._server, self._thread, self._crash = server, thread, None
         thread.start()
         deadline = time.monotonic() + 10
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"FakeModelServer did not start: {self._crash!r}")
+                crash = self._crash
+                with contextlib.suppress(RuntimeError):
+                    self.stop()
+                raise RuntimeError("FakeModelServer did not start") from crash
             time.sleep(0.002)
         self.url = f"http://127.0.0.1:{port}"
         return self
@@ -533,7 +550,7 @@ class FakeModelServer:
             sock.close()
 
     def stop(self) -> None:
-        """Stop serving and wait for the server thread to end."""
+        """Stop serving and wait for the server thread to end (a no-op when not running)."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is None or thread is None:
@@ -580,8 +597,8 @@ class FakeModelServer:
             self._next += 1
         else:
             reply = Reply(text="done")
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        if reply.delay and self._server is not None:
+            await self._server.pause(reply.delay)
         return reply
 
     async def _seen(

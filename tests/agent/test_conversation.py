@@ -411,3 +411,71 @@ async def test_a_model_api_error_is_an_error_event(ops: Ops) -> None:
     finally:
         await agent.conversations.close()
         server.stop()
+
+
+async def test_claude_agent_sdk_through_the_api(ops: Ops, sshd_hosts: StartHosts) -> None:
+    """The CLI the SDK bundles, on the fake: only IT0's tools, and the policy decides."""
+    await ops.add_hosts(sshd_hosts, 1)
+    replies = [
+        Reply(tool_calls=[("mcp__it0__list_servers", {"selector": ""})]),
+        Reply(
+            tool_calls=[
+                (
+                    "mcp__it0__run_command",
+                    {"selector": "web-1", "command": "reboot", "reason": "it is stuck"},
+                )
+            ]
+        ),
+        Reply(text="A reboot waits for approval."),
+    ]
+    server = FakeModelServer(replies).start()
+    conversations = configure(
+        ops.client,
+        ops.platform,
+        agent_model="claude-sdk:claude-test",
+        agent_base_url=server.url,
+        agent_api_key="test-key",
+    )
+    agent = Agent(ops, conversations)
+    try:
+        session_id = await agent.session(ops.alice)
+        events = await agent.ask(session_id, "web-1 hangs", ops.alice)
+        assert events[-1][1]["status"] == "waiting_approval", events
+        approval = next(data for kind, data in events if kind == "approval_required")
+        assert approval["command"] == "reboot"
+        offered = set(server.requests[0].tools)
+        assert offered == {
+            f"mcp__it0__{name}"
+            for name in (
+                "list_servers",
+                "server_facts",
+                "run_command",
+                "get_task",
+                "search_runbooks",
+            )
+        }
+        detail = await agent.detail(session_id, ops.alice)
+        assert detail["model"] == "claude-sdk:claude-test"
+        rejected = await ops.vote(approval["approval_id"], ops.bob, "reject")
+        assert rejected.status_code == 200
+        await agent.settled(session_id, ops.alice, turns_done=2)
+        # the resume went to the same CLI session: it carried the earlier conversation
+        assert "web-1 hangs" in str(server.requests[-1].messages)
+        assert "rejected" in str(server.requests[-1].messages[-1])
+    finally:
+        await conversations.close()
+        server.stop()
+
+
+async def test_wall_time_budget(ops: Ops) -> None:
+    agent, server = start(ops, [Reply(text="late", delay=3.0)], agent_turn_timeout=0.5)
+    try:
+        session_id = await agent.session(ops.alice)
+        events = await agent.ask(session_id, "slow", ops.alice)
+        error = next(data for kind, data in events if kind == "error")
+        assert error["code"] == "budget_exceeded"
+        assert "longer than 0.5 s" in error["message"]
+        assert events[-1][1]["status"] == "idle"
+    finally:
+        await agent.conversations.close()
+        server.stop()

@@ -326,11 +326,8 @@ def _refusal(host: str) -> str:
 
 @pytest.fixture
 def guard() -> Iterator[None]:
-    netguard.install()
-    try:
+    with netguard.guarded():
         yield
-    finally:
-        netguard.uninstall()
 
 
 @pytest.mark.usefixtures("guard")
@@ -394,30 +391,31 @@ async def test_the_guard_refuses_remote_addresses_and_allows_this_machine(tmp_pa
             client.connect(path)
 
 
-def test_uninstall_restores_the_socket_functions() -> None:
-    was_installed = netguard.installed()  # the suite keeps it in place: lift it for this test
-    if was_installed:
-        netguard.uninstall()
+def test_install_and_uninstall_patch_and_restore_the_socket_functions() -> None:
+    was_installed = netguard.installed()
+    netguard.uninstall()
     try:
-        _install_uninstall()
+        original_getaddrinfo = socket.getaddrinfo
+        assert "connect" not in socket.socket.__dict__
+        netguard.install()
+        netguard.install()
+        assert netguard.installed()
+        assert socket.getaddrinfo is not original_getaddrinfo
+        assert "connect" in socket.socket.__dict__
+        netguard.uninstall()
+        netguard.uninstall()
+        assert not netguard.installed()
+        assert socket.getaddrinfo is original_getaddrinfo
+        assert "connect" not in socket.socket.__dict__
+        with netguard.guarded(), socket.socket() as sock, pytest.raises(PermissionError):
+            sock.connect(("198.51.100.1", 1))
+        assert not netguard.installed()
+        netguard.install()
+        with netguard.guarded():
+            pass
+        assert netguard.installed()  # a guard already in place is kept
     finally:
         if was_installed:
             netguard.install()
-
-
-def _install_uninstall() -> None:
-    original_getaddrinfo = socket.getaddrinfo
-    netguard.install()
-    netguard.install()
-    try:
-        assert netguard.installed()
-        assert socket.getaddrinfo is not original_getaddrinfo
-    finally:
-        netguard.uninstall()
-    netguard.uninstall()
-    assert not netguard.installed()
-    assert socket.getaddrinfo is original_getaddrinfo
-    assert "connect" not in socket.socket.__dict__
-    with netguard.guarded(), socket.socket() as sock, pytest.raises(PermissionError):
-        sock.connect(("198.51.100.1", 1))
-    assert not netguard.installed()
+        else:
+            netguard.uninstall()

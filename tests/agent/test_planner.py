@@ -1917,7 +1917,7 @@ def test_summary_starts_with_the_no_model_notice() -> None:
     head = answer.split("## Runbook")[0]
     for needle in (
         "IT0_AGENT_MODEL",
-        "anthropic:claude-sonnet-4-5",
+        "anthropic:claude-sonnet-4-6",
         "ANTHROPIC_API_KEY",
         "openai:<model>",
         "OPENAI_BASE_URL",

@@ -229,6 +229,7 @@ async def _begin(
 
 @router.post("/agent/sessions/{session_id}/messages", response_class=EventSourceResponse)
 async def post_message(
+    _: AgentUser,
     request: Request,
     c: ConversationsDep,
     begun: Annotated[tuple[asyncio.Queue[Live], uuid.UUID], Depends(_begin)],
@@ -255,10 +256,18 @@ async def post_message(
         c.unsubscribe_live(session_id, queue)
 
 
+async def _followable(session_id: SessionId, principal: AgentUser, p: PlatformDep) -> Principal:
+    """The caller's own session, checked before the stream starts (an error is a 404)."""
+    async with p.db.session(principal.tenant.schema) as session:
+        await own_session(session, principal, session_id)
+    return principal
+
+
 @router.get("/agent/sessions/{session_id}/events", response_class=EventSourceResponse)
 async def follow_session(
     session_id: SessionId,
-    principal: AgentUser,
+    _: AgentUser,
+    principal: Annotated[Principal, Depends(_followable)],
     request: Request,
     p: PlatformDep,
     after: Annotated[int, Query(ge=0, le=2**62, description="replay events after this id")] = 0,
@@ -270,8 +279,6 @@ async def follow_session(
     and ends when the session is idle; text arrives in coalesced chunks.
     """
     schema = principal.tenant.schema
-    async with p.db.session(schema) as session:
-        await own_session(session, principal, session_id)
     last = request.headers.get("last-event-id", "")
     cursor = int(last) if re.fullmatch(r"[0-9]{1,18}", last) else after
     while True:

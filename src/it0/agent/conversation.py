@@ -335,27 +335,41 @@ class Conversations:
             env["ANTHROPIC_BASE_URL"] = settings.agent_base_url
         if settings.agent_api_key:
             env["ANTHROPIC_API_KEY"] = settings.agent_api_key.get_secret_value()
-        try:
-            turn = await claude_sdk.run_turn(
-                prompt=prompt,
-                toolbox=toolbox,
-                emit=events.emit,
-                model=self.spec.name,
-                resume=row.runtime_session,
-                max_tool_calls=settings.agent_max_tool_calls,
-                timeout=settings.agent_turn_timeout,
-                env=env,
-                workdir=workdir,
-            )
-        except claude_sdk.ClaudeSdkError as exc:
-            return TurnOutcome(error=("model_error", exc.message))
+        resume = row.runtime_session
+        for attempt in (1, 2):
+            try:
+                turn = await claude_sdk.run_turn(
+                    prompt=prompt,
+                    toolbox=toolbox,
+                    emit=events.emit,
+                    model=self.spec.name,
+                    resume=resume,
+                    max_tool_calls=settings.agent_max_tool_calls,
+                    timeout=settings.agent_turn_timeout,
+                    env=env,
+                    workdir=workdir,
+                )
+                break
+            except claude_sdk.ClaudeSdkError as exc:
+                if attempt == 1 and resume and "No conversation found" in exc.message:
+                    resume = None  # its transcript is gone (another host?): start afresh
+                    continue
+                return TurnOutcome(error=("model_error", exc.message))
+        stopped = {
+            "budget": f"it made more than {settings.agent_max_tool_calls} tool calls",
+            "timeout": f"it ran longer than {settings.agent_turn_timeout:g} s",
+        }
         return TurnOutcome(
             runtime_session=turn.session_id,
             input_tokens=turn.input_tokens,
             output_tokens=turn.output_tokens,
             tool_calls=turn.tool_calls,
             paused=bool(turn.pending),
-            error=("budget_exceeded", f"the turn ended: {turn.stopped}") if turn.stopped else None,
+            error=(
+                ("budget_exceeded", f"the turn ended: {stopped.get(turn.stopped, turn.stopped)}")
+                if turn.stopped
+                else None
+            ),
         )
 
     async def _pydantic(self) -> tuple[Any, Any]:
@@ -371,6 +385,7 @@ class Conversations:
         """Run pydantic-ai turns on ``model`` (benchmarks and tests use a function model)."""
         from it0.agent import runtime
 
+        self.spec = runtime.ModelSpec("function", getattr(model, "model_name", "function"))
         self._model, self._agent = model, runtime.make_agent()
 
     async def _context(self, toolbox: OpsToolbox, prompt: str) -> str | None:

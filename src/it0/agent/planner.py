@@ -69,7 +69,7 @@ NO_MODEL_NOTICE = (
     "runbooks with fixed templates, not written by a model.\n"
     "To configure one, set `IT0_AGENT_MODEL`:\n"
     "\n"
-    "- `anthropic:claude-sonnet-4-5` with `ANTHROPIC_API_KEY`;\n"
+    "- `anthropic:claude-sonnet-4-6` with `ANTHROPIC_API_KEY`;\n"
     "- `openai:<model>` with `OPENAI_BASE_URL` and `OPENAI_API_KEY`, for any "
     "OpenAI-compatible server (Ollama, vLLM, ...);\n"
     "- `claude-sdk:<model>` for the Claude Agent SDK."

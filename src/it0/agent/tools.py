@@ -42,7 +42,7 @@ current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 """The model's id of the tool call being served, set by the runtime around each call."""
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.02
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
 _MARK = re.compile(r"</?untrusted-output", re.IGNORECASE)
 

@@ -53,7 +53,12 @@ class Bootstrap:
     admin_password: str | None  # set only when it was generated now; shown once
 
 
-async def bootstrap(p: Platform) -> Bootstrap:
+async def bootstrap_with_cli_key(p: Platform) -> Bootstrap:
+    """``bootstrap``, and on the embedded default's first start the admin's key for the CLI."""
+    return await bootstrap(p, cli_key=True)
+
+
+async def bootstrap(p: Platform, *, cli_key: bool = False) -> Bootstrap:
     await upgrade_all(p.db)
     async with p.db.session() as session:
         if await session.scalar(select(Tenant.id).where(Tenant.slug == DEFAULT_TENANT)):
@@ -83,6 +88,7 @@ async def bootstrap(p: Platform) -> Bootstrap:
         user.is_platform_admin = True
         if p.db.is_sqlite:  # the embedded default: the host IT0 runs on is there to look at
             await register_control_plane(TenantRecorder(p, session, ref.pair, ctx))
+        if p.db.is_sqlite and cli_key:
             _, key = await service.create_api_key(
                 p,
                 session,

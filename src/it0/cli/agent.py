@@ -7,6 +7,8 @@ a command that waits for approval shows its approval id and how to decide it. Wi
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated
 
 import typer
@@ -14,7 +16,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from it0.cli._common import err, out
-from it0.cli._remote import DEFAULT_URL, ApiKey, ServerUrl, api_client, one_line, print_json
+from it0.cli._remote import DEFAULT_URL, ApiKey, ServerUrl, api_client, one_line
 from it0.client import Client
 from it0.client.rest import Event
 
@@ -47,7 +49,8 @@ class Renderer:
         if kind == "error":
             self.failed = True
         if self.as_json:
-            print_json({"event": kind, "id": event["id"], "data": data})
+            sys.stdout.write(json.dumps({"event": kind, "id": event["id"], "data": data}) + "\n")
+            sys.stdout.flush()
             return
         if not isinstance(data, dict):
             return

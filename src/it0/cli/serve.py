@@ -23,7 +23,7 @@ def serve(
     import uvicorn
 
     from it0.app import create_app
-    from it0.auth.bootstrap import bootstrap
+    from it0.auth.bootstrap import bootstrap_with_cli_key
     from it0.core.logging import configure_logging
 
     settings = settings_for(data_dir)
@@ -42,7 +42,7 @@ def serve(
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_json)
     if migrate:
-        result = run(bootstrap, settings.data_dir)
+        result = run(bootstrap_with_cli_key, settings.data_dir)
         if result.admin_password:
             err.print(
                 "\n[bold green]IT0 is set up.[/bold green] Tenant [bold]default[/bold], "
