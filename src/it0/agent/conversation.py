@@ -61,7 +61,15 @@ class Live:
 
 
 class EventLog:
-    """Writes one turn's events and hands them to this process's listeners."""
+    """Writes one turn's events and hands them to this process's listeners.
+
+    Listeners get every event at once. The database gets them in batches: text deltas are
+    joined, and events are written together every ``FLUSH_SECONDS`` or when one that a
+    client acts on arrives (``MILESTONES``), which then carries its id — a commit that
+    reaches the disk per tool call would cost more than the call.
+    """
+
+    MILESTONES = frozenset({"approval_required", "resumed", "error", "done"})
 
     def __init__(self, conversations: Conversations, schema: str, session_id: uuid.UUID) -> None:
         self.c = conversations
@@ -69,33 +77,45 @@ class EventLog:
         self.session_id = session_id
         self.turn = 0
         self._text: list[str] = []
+        self._pending: list[tuple[str, dict[str, Any]]] = []
         self._since: float | None = None
 
     async def emit(self, type_: str, data: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
+        now = asyncio.get_running_loop().time()
+        self._since = self._since if self._since is not None else now
         if type_ == "text":
             self._text.append(data["delta"])
-            self._since = self._since or loop.time()
-            self.c.broadcast(self.session_id, Live("text", data, None))
-            if loop.time() - self._since >= FLUSH_SECONDS:
-                await self._write("text", {"content": "".join(self._text)})
-                self._text, self._since = [], None
+        else:
+            self._fold_text()
+            self._pending.append((type_, data))
+        if type_ == "user":  # the echo of the question: out first, written with what follows
+            self.c.broadcast(self.session_id, Live(type_, data, None))
             return
-        await self.flush()
-        seq = await self._write(type_, data)
-        self.c.broadcast(self.session_id, Live(type_, data, seq))
+        if type_ in self.MILESTONES or now - self._since >= FLUSH_SECONDS:
+            seq = await self.flush()
+            self.c.broadcast(self.session_id, Live(type_, data, None if type_ == "text" else seq))
+        else:
+            self.c.broadcast(self.session_id, Live(type_, data, None))
 
-    async def flush(self) -> None:
+    def _fold_text(self) -> None:
         if self._text:
-            text, self._text, self._since = "".join(self._text), [], None
-            await self._write("text", {"content": text})
+            self._pending.append(("text", {"content": "".join(self._text)}))
+            self._text = []
 
-    async def _write(self, type_: str, data: dict[str, Any]) -> int:
+    async def flush(self) -> int | None:
+        """Write what waits; the last event's id."""
+        self._fold_text()
+        pending, self._pending, self._since = self._pending, [], None
+        if not pending:
+            return None
         async with self.c.p.db.session(self.schema, write=True) as session:
-            row = AgentEvent(session_id=self.session_id, turn=self.turn, type=type_, data=data)
-            session.add(row)
+            rows = [
+                AgentEvent(session_id=self.session_id, turn=self.turn, type=kind, data=data)
+                for kind, data in pending
+            ]
+            session.add_all(rows)
             await session.flush()
-            return row.seq
+            return rows[-1].seq
 
 
 class Conversations:
