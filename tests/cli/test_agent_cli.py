@@ -68,3 +68,13 @@ def test_ask_diagnoses_localhost_with_no_model_and_no_key(tmp_path: Path) -> Non
         code, out = _run(["ask", "disk is full on localhost"], bad)
         assert code == 2
         assert "error 401" in out
+
+
+def test_an_unknown_model_is_one_clear_line_at_start(tmp_path: Path) -> None:
+    env = it0_env(tmp_path / "data", IT0_AGENT_MODEL="gpt-something")
+    code, out = _run(["serve", "--port", "1"], env)
+    assert code == 2
+    assert out.strip() == (
+        "error: IT0_AGENT_MODEL: must be offline, anthropic:<model>, openai:<model> "
+        "or claude-sdk:<model>"
+    )

@@ -29,7 +29,17 @@ JsonOut = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def settings_for(data_dir: Path | None = None) -> Settings:
-    settings = Settings()
+    """The settings from the environment; an invalid one is one line per error and exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "IT0_" + "_".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ").removeprefix(f"{name} ")
+            err.print(f"[red]error:[/red] {name}: {message}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
     return settings

@@ -97,6 +97,19 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    @field_validator("agent_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        provider, sep, name = value.strip().partition(":")
+        if value.strip() in ("", "offline", "none"):
+            return "offline"
+        if not sep or not name or provider not in ("anthropic", "openai", "claude-sdk"):
+            raise ValueError(
+                "IT0_AGENT_MODEL must be offline, anthropic:<model>, openai:<model> "
+                "or claude-sdk:<model>"
+            )
+        return value.strip()
+
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: str | None) -> str | None:
