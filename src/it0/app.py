@@ -33,6 +33,9 @@ from it0.ops.policy import Policy
 from it0.ops.runner import TaskRunner
 from it0.ops.scheduler import Scheduler
 from it0.platform import Platform
+from it0.voice.api import router as voice_router
+from it0.voice.api import socket_router as voice_socket_router
+from it0.voice.gateway import VoiceGateway
 
 log = logging.getLogger("it0")
 
@@ -64,10 +67,13 @@ def create_app(
         conversations = app.state.conversations = Conversations(p)
         if "worker" in roles:
             conversations.subscribe()
+        voice = app.state.voice = _voice_gateway(app, p)
         await p.bus.start()
         loops = []
         if "worker" in roles:
             loops.append(asyncio.create_task(conversations.loop(), name="it0-agent-resume"))
+        if "voice" in roles:
+            loops.append(asyncio.create_task(voice.cleanup_loop(), name="it0-voice-cleanup"))
         if "scheduler" in roles:
             loops.append(asyncio.create_task(_housekeeping(p), name="it0-housekeeping"))
             loops.append(asyncio.create_task(scheduler.loop(), name="it0-scheduler"))
@@ -79,6 +85,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await voice.close()
             await conversations.close()
             await runner.close()
             await checkpoint_all(p)
@@ -95,6 +102,7 @@ def create_app(
     if platform is not None:  # usable without running the lifespan (in-process test clients)
         app.state.platform = platform
         app.state.conversations = Conversations(platform)
+        app.state.voice = _voice_gateway(app, platform)
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics)
@@ -134,7 +142,15 @@ def create_app(
         app.include_router(credentials_router)
         app.include_router(ops_router)
         app.include_router(agent_router)
+        app.include_router(voice_router)
+    if "voice" in roles:
+        app.include_router(voice_socket_router)
     return app
+
+
+def _voice_gateway(app: FastAPI, p: Platform) -> VoiceGateway:
+    """Voice calls talk to whichever conversations the app holds at the time."""
+    return VoiceGateway(p, lambda: app.state.conversations)
 
 
 async def checkpoint_all(p: Platform) -> int:

@@ -38,11 +38,13 @@ from rich.table import Table
 from it0.agent.bench import agent
 from it0.execution.bench import fanout
 from it0.ops.bench import oversight
+from it0.voice.bench import voice
 
 app = typer.Typer(help="Benchmarks (figures, not tests).", no_args_is_help=True)
 app.command("fanout")(fanout)
 app.command("oversight")(oversight)
 app.command("agent")(agent)
+app.command("voice")(voice)
 out = Console()
 err = Console(stderr=True)
 

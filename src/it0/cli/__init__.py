@@ -16,6 +16,7 @@ from it0.bench import app as bench_app
 from it0.cli.agent import ask, chat
 from it0.cli.approvals import approvals_app
 from it0.cli.audit import audit_app
+from it0.cli.call import call
 from it0.cli.inventory import clusters_app, servers_app
 from it0.cli.orders import orders_app
 from it0.cli.policy import app as policy_app
@@ -30,6 +31,7 @@ app.command()(serve)
 app.command()(migrate)
 app.command()(ask)
 app.command()(chat)
+app.command()(call)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")

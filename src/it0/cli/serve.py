@@ -62,6 +62,7 @@ def serve(
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        ws="websockets-sansio",
     )
 
 

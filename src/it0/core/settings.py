@@ -94,6 +94,40 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="seconds between checks for decided approvals"
     )
 
+    # voice calls: the WebSocket protocol's timers, and the offline speech stack
+    voice_session_ttl: float = Field(
+        default=60.0, gt=0, description="seconds a dropped call can be resumed"
+    )
+    voice_heartbeat_interval: float = Field(default=15.0, gt=0, description="seconds between pings")
+    voice_heartbeat_timeout: float = Field(
+        default=45.0, gt=0, description="seconds without client traffic before the call is dead"
+    )
+    voice_cleanup_interval: float = Field(
+        default=30.0, gt=0, description="seconds between sweeps of expired sessions"
+    )
+    voice_token_ttl: int = Field(
+        default=120, ge=5, description="seconds a WebSocket URL can be used to connect"
+    )
+    voice_max_frame_bytes: int = Field(
+        default=64_000, ge=640, description="largest audio or control frame a client may send"
+    )
+    voice_stt: str = Field(default="whisper", description="whisper | openai | deepgram")
+    voice_tts: str = Field(
+        default="espeak", description="espeak | openai | deepgram | cartesia | elevenlabs"
+    )
+    voice_whisper_model: Path | None = Field(
+        default=None, description="a CTranslate2 Whisper model directory (else the packaged one)"
+    )
+    voice_vad_stop_secs: float = Field(
+        default=0.3, gt=0, description="silence that ends an utterance"
+    )
+    voice_echo: bool = Field(
+        default=False, description="calls echo the caller's audio: a line test, no speech"
+    )
+    voice_spoken_chars: int = Field(
+        default=400, ge=50, description="longest answer read out; the rest stays in the session"
+    )
+
     log_level: str = "INFO"
     log_json: bool = True
 

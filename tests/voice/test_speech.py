@@ -1,0 +1,244 @@
+"""Offline speech: eSpeak NG synthesis, the packaged Whisper model, and both as Pipecat services
+in a real pipeline. Nothing here may reach a model hub: the suite's network guard is on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+with warnings.catch_warnings():
+    # pipecat 1.14 warns while importing (the stdlib's deprecated audioop, its own deprecated
+    # AudioContextTTSService); a filterwarnings mark only covers test bodies, not collection
+    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
+    warnings.filterwarnings("ignore", "`AudioContextTTSService` is deprecated", DeprecationWarning)
+    from pipecat.frames.frames import (
+        ErrorFrame,
+        Frame,
+        InputAudioRawFrame,
+        TranscriptionFrame,
+        TTSAudioRawFrame,
+        TTSSpeakFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+    from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.tests.utils import run_test
+
+    from it0.voice.espeak import Espeak, EspeakError
+    from it0.voice.speech import (
+        PACKAGED_MODEL_SHA256,
+        EspeakTTSService,
+        OfflineWhisperSTTService,
+        SpeechConfigError,
+        WhisperModelError,
+        WhisperModelHashError,
+        build_stt,
+        build_tts,
+        load_whisper_model,
+        packaged_model_dir,
+        transcribe,
+        verify_model,
+        whisper_model_dir,
+    )
+
+RATE = 16_000
+FRAME_BYTES = RATE * 2 * 20 // 1000  # 20 ms of 16-bit mono
+PHRASE = "check disk usage on localhost"
+SECOND_PHRASE = "show memory usage on the database server"
+
+
+def seconds(pcm: bytes, rate: int = RATE) -> float:
+    return len(pcm) / 2 / rate
+
+
+def rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+
+
+@pytest.fixture(scope="module")
+def speech() -> bytes:
+    return Espeak().synthesize(PHRASE, RATE)
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Any:
+    return load_whisper_model()
+
+
+async def run_frames(processor: FrameProcessor, frames: Sequence[Frame]) -> list[Frame]:
+    """What ``processor`` sends downstream in a real pipeline fed ``frames`` and an EndFrame."""
+    # a generous start: the STT service loads (or finds) the shared model when it starts
+    down, _ = await run_test(processor, frames_to_send=frames, start_timeout=60.0)
+    return list(down)
+
+
+# --- eSpeak NG -------------------------------------------------------------------------------
+
+
+def test_espeak_speaks_16k_pcm(speech: bytes) -> None:
+    assert len(speech) % 2 == 0
+    assert 1.0 < seconds(speech) < 5.0
+    assert rms(speech) > 300  # speech, not silence
+
+
+def test_espeak_resamples_to_the_rate_asked_for(speech: bytes) -> None:
+    wideband = Espeak().synthesize(PHRASE, 24_000)
+    assert seconds(wideband, 24_000) == pytest.approx(seconds(speech), abs=0.05)
+
+
+def test_espeak_has_nothing_to_say_for_blank_text() -> None:
+    assert Espeak().synthesize(" \n ") == b""
+
+
+def test_espeak_rejects_unknown_voice_and_bad_rate() -> None:
+    with pytest.raises(EspeakError, match="no voice"):
+        Espeak(voice="no-such-voice").synthesize("hello")
+    with pytest.raises(ValueError, match="words a minute"):
+        Espeak(rate=5)
+    assert Espeak().synthesize("hello")  # a failed voice change leaves eSpeak usable
+
+
+async def test_concurrent_syntheses_all_return_audio() -> None:
+    voices = [Espeak("en-us"), Espeak("en", rate=150), Espeak("en-us", rate=220)]
+    jobs = [voices[i % 3].asynthesize(f"host number {i} is {PHRASE}") for i in range(12)]
+    results = await asyncio.gather(*jobs)
+    assert all(seconds(pcm) > 1.0 and rms(pcm) > 300 for pcm in results)
+
+
+# --- Whisper ---------------------------------------------------------------------------------
+
+
+def test_round_trip_hears_disk(whisper: Any, speech: bytes) -> None:
+    assert "disk" in transcribe(whisper, speech).lower()
+
+
+def test_round_trip_second_phrase(whisper: Any) -> None:
+    text = transcribe(whisper, Espeak().synthesize(SECOND_PHRASE)).lower()
+    assert "memory" in text
+    assert "database" in text
+
+
+async def test_calls_share_the_model_concurrently(whisper: Any, speech: bytes) -> None:
+    texts = await asyncio.gather(
+        *(asyncio.to_thread(transcribe, whisper, speech) for _ in range(3))
+    )
+    assert all("disk" in text.lower() for text in texts)
+
+
+def test_silence_transcribes_to_nothing(whisper: Any) -> None:
+    assert transcribe(whisper, bytes(2 * RATE)) == ""
+
+
+def test_the_model_is_loaded_once_and_offline(whisper: Any) -> None:
+    assert load_whisper_model() is whisper
+    assert load_whisper_model(packaged_model_dir()) is whisper
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_packaged_model_matches_its_hash() -> None:
+    verify_model(packaged_model_dir(), PACKAGED_MODEL_SHA256)
+
+
+def test_model_dir_without_model_bin_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(WhisperModelError, match=r"no model\.bin"):
+        whisper_model_dir(tmp_path)
+    with pytest.raises(WhisperModelError, match=r"no model\.bin"):
+        build_stt("whisper", model_dir=tmp_path)
+    assert whisper_model_dir(None) == packaged_model_dir()
+
+
+async def test_corrupt_model_is_refused(tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(packaged_model_dir(), tmp_path / "model"))
+    with (copy / "model.bin").open("r+b") as f:
+        f.seek(1_000_000)
+        byte = f.read(1)
+        f.seek(1_000_000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(WhisperModelHashError, match="SHA-256"):
+        load_whisper_model(copy, sha256=PACKAGED_MODEL_SHA256)
+    # in a pipeline the service reports it upstream instead of transcribing with it
+    service = OfflineWhisperSTTService(model_dir=copy, sha256=PACKAGED_MODEL_SHA256)
+    _, up = await run_test(service, frames_to_send=[], start_timeout=60.0)
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1
+    assert "SHA-256" in errors[0]
+
+
+# --- the Pipecat services --------------------------------------------------------------------
+
+
+async def test_tts_service_speaks_16k_chunks_in_a_pipeline() -> None:
+    # the pipeline's default output rate is 24 kHz: the service keeps the rate it was built for
+    down = await run_frames(build_tts("espeak", sample_rate=RATE), [TTSSpeakFrame(PHRASE)])
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert audio
+    assert {f.sample_rate for f in audio} == {RATE}
+    assert all(len(f.audio) <= RATE * 2 * 40 // 1000 for f in audio)
+    assert 1.0 < seconds(b"".join(f.audio for f in audio)) < 5.0
+    kinds = [type(f) for f in down if isinstance(f, (TTSStartedFrame, TTSStoppedFrame))]
+    assert kinds == [TTSStartedFrame, TTSStoppedFrame]
+
+
+async def test_stt_service_transcribes_a_vad_segment_in_a_pipeline(
+    whisper: Any, speech: bytes
+) -> None:
+    silence = [InputAudioRawFrame(bytes(FRAME_BYTES), RATE, 1) for _ in range(10)]
+    padded = speech + bytes(-len(speech) % FRAME_BYTES)
+    spoken = [
+        InputAudioRawFrame(padded[i : i + FRAME_BYTES], RATE, 1)
+        for i in range(0, len(padded), FRAME_BYTES)
+    ]
+    frames: list[Frame] = [
+        *silence,
+        VADUserStartedSpeakingFrame(),
+        *spoken,
+        VADUserStoppedSpeakingFrame(),
+        *silence,
+    ]
+    down = await run_frames(build_stt("whisper"), frames)
+    texts = [f.text for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(texts) == 1
+    assert "disk" in texts[0].lower()
+    assert texts[0] == texts[0].strip()
+
+
+# --- choosing a service ----------------------------------------------------------------------
+
+
+def test_unknown_service_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="espeak, openai"):
+        build_tts("festival", sample_rate=RATE)
+    with pytest.raises(ValueError, match="whisper, openai"):
+        build_stt("sphinx")
+
+
+def test_cloud_service_without_its_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pipecat.services.deepgram.stt", None)
+    with pytest.raises(SpeechConfigError, match=r"pipecat-ai\[deepgram\]"):
+        build_stt("deepgram", api_key="unused")
+
+
+def test_cloud_service_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CARTESIA_API_KEY", raising=False)
+    with pytest.raises(SpeechConfigError, match="CARTESIA_API_KEY"):
+        build_tts("cartesia", sample_rate=RATE)
+
+
+def test_espeak_service_checks_its_voice_settings() -> None:
+    with pytest.raises(ValueError, match="words a minute"):
+        EspeakTTSService(rate=1000)
