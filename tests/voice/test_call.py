@@ -16,7 +16,7 @@ import pytest
 from it0.client.voice import CallState, StateChange, VoiceCall, VoiceSettings
 from it0.voice.espeak import Espeak
 from it0.voice.protocol import FRAME_BYTES
-from tests.voice.conftest import SESSIONS, StartVoice, VoiceServer
+from tests.voice.conftest import SESSIONS, SHORT_TTL, StartVoice, VoiceServer
 from tests.voice.proxy import Proxy
 
 
@@ -128,9 +128,12 @@ async def test_the_agent_session_carries_the_history_across_the_drop(voice: Voic
     ]
 
 
-async def test_after_the_ttl_the_client_gives_up_after_five_attempts(voice: VoiceServer) -> None:
+async def test_after_the_ttl_the_client_gives_up_after_five_attempts(
+    start_voice: StartVoice,
+) -> None:
     """The session expires while the client backs off: every /reconnect answers 404, the
     client waited 1, 2, 4, 8, 16 s (on its injected clock) and reports ``failed``."""
+    voice = await start_voice(voice_session_ttl=SHORT_TTL)
     recorder, slept = Recorder(), []
     expired = asyncio.Event()
 

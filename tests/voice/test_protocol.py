@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.voice.conftest import SESSIONS, StartVoice, VoiceServer, socket
+from tests.voice.conftest import SESSIONS, SHORT_TTL, StartVoice, VoiceServer, socket
 
 
 async def test_create_answers_a_websocket_url_bound_to_the_call(voice: VoiceServer) -> None:
@@ -202,12 +202,13 @@ async def test_answering_pings_keeps_the_call(voice: VoiceServer) -> None:
         await ws.next("pong")
 
 
-async def test_disconnected_sessions_expire(voice: VoiceServer) -> None:
+async def test_disconnected_sessions_expire(start_voice: StartVoice) -> None:
+    voice = await start_voice(voice_session_ttl=SHORT_TTL)
     created = await voice.create()
     async with socket(created["websocket_url"]) as ws:
         await ws.send({"type": "ping"})
         await ws.next("pong")
-    await asyncio.sleep(2.0 + 0.25 * 3)  # session_ttl, plus a few cleanup intervals
+    await asyncio.sleep(SHORT_TTL + 0.25 * 3)  # session_ttl, plus a few cleanup intervals
     assert await voice.gateway.registry.get(uuid.UUID(created["session_id"])) is None
     async with voice.http as http:
         gone = await http.post(f"{SESSIONS}/{created['session_id']}/reconnect")
