@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import timedelta
@@ -107,6 +108,7 @@ async def test_key_authenticates_as_bearer(
     # platform administration is never delegated to a key
     assert (await client.get(f"{API}/tenants", headers=key)).status_code == 403
 
+    await platform.db.deferred_writes_done()
     row = await _row(platform, created["id"])
     assert row.last_used_at is not None
     assert utcnow() - row.last_used_at < timedelta(minutes=5)
@@ -117,6 +119,22 @@ async def test_key_authenticates_as_bearer(
     response = await client.post(f"{API}/api-keys", json={"name": "k2"}, headers=key)
     assert response.status_code == 403
     assert code_of(response) == "missing_permission"
+
+
+async def test_a_burst_larger_than_the_pool_on_an_idle_key(
+    client: httpx.AsyncClient, admin: dict[str, str], platform: Platform
+) -> None:
+    """A key's first use in a while stamps ``last_used_at``; a burst of requests bigger
+    than the connection pool must not wait on itself for that stamp."""
+    created = await create_key(client, admin, role="viewer")
+    key = bearer(created["key"])
+    burst = 48  # the pool holds 16 connections on SQLite, 20 on PostgreSQL
+    responses = await asyncio.gather(
+        *(client.get(f"{API}/auth/me", headers=key) for _ in range(burst))
+    )
+    assert [r.status_code for r in responses] == [200] * burst
+    await platform.db.deferred_writes_done()
+    assert (await _row(platform, created["id"])).last_used_at is not None
 
 
 async def test_key_with_write_access_is_audited_as_the_key(

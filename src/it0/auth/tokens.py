@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Update, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import Actor, AuditContext
@@ -388,14 +388,8 @@ async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Pri
         touch = update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
         if session.info.get("write"):
             await session.execute(touch, execution_options={"it0_audit_exempt": True})
-        else:
-            await _touch_key(p, ref.schema, touch)
+        else:  # read-only requests stay read-only
+            p.db.defer_write(ref.schema, ("api_key.last_used_at", api_key.id), touch)
     return Principal(
         user.id, user.username, ref, api_key.role, frozenset(perms), api_key_id=api_key.id
     )
-
-
-async def _touch_key(p: Platform, schema: str, statement: Update) -> None:
-    # bookkeeping in its own short write transaction, so read-only requests stay read-only
-    async with p.db.session(schema, write=True) as session:
-        await session.execute(statement, execution_options={"it0_audit_exempt": True})

@@ -14,10 +14,11 @@ that serves the session; any other tenant attached earlier is detached first.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from it0.core.settings import Settings
@@ -123,6 +125,7 @@ class Database:
             )
             self.platform_schema = PG_PLATFORM_SCHEMA
         self._makers: dict[tuple[str | None, bool], async_sessionmaker[AsyncSession]] = {}
+        self._deferred: dict[Hashable, asyncio.Task[None]] = {}
         self.publisher: Publisher | None = None  # the event bus, set by the platform
 
     @property
@@ -185,11 +188,38 @@ class Database:
             except Exception as exc:  # committed already: a lost event must not fail the request
                 log.warning("publishing %s after commit failed: %s", topic, type(exc).__name__)
 
+    def defer_write(self, tenant_schema: str | None, key: Hashable, statement: Executable) -> None:
+        """Run a bookkeeping write (e.g. a "last used at" stamp) in its own transaction,
+        after the caller's work and off its connection.
+
+        A request that wrote from inside its own session would need a second pooled
+        connection while holding the first: a burst as large as the pool then waits on
+        itself. Deferred, a burst costs one write per ``key``: while one is pending, more
+        for the same key are dropped. A failed write is logged, never raised.
+        """
+        if key in self._deferred:
+            return
+        task = asyncio.create_task(self._write_deferred(tenant_schema, statement))
+        self._deferred[key] = task
+        task.add_done_callback(lambda _: self._deferred.pop(key, None))
+
+    async def _write_deferred(self, tenant_schema: str | None, statement: Executable) -> None:
+        try:
+            async with self.session(tenant_schema, write=True) as session:
+                await session.execute(statement, execution_options={"it0_audit_exempt": True})
+        except Exception as exc:
+            log.warning("deferred bookkeeping write failed: %s", type(exc).__name__)
+
+    async def deferred_writes_done(self) -> None:
+        """Wait for the deferred writes started so far."""
+        await asyncio.gather(*self._deferred.values(), return_exceptions=True)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        await self.deferred_writes_done()
         await self.engine.dispose()
 
 
