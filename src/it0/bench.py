@@ -229,9 +229,20 @@ def _free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """An ``it0 serve`` process: where it answers, and its PID for figures of the process itself
+    (the voice bench reads its CPU time)."""
+
+    url: str
+    pid: int
+
+
 @asynccontextmanager
-async def running_server(data_dir: Path, env: dict[str, str]) -> AsyncIterator[str]:
-    """``it0 serve`` in a subprocess on a free port; its base URL; terminated by PID after."""
+async def running_server(data_dir: Path, env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    """``it0 serve`` in a subprocess on a free port of 127.0.0.1, with ``env`` (and
+    ``IT0_DATA_DIR``) instead of this process's ``IT0_*`` variables; healthy when yielded,
+    terminated by PID after."""
     port = _free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("IT0_")}
     full_env.update(env, IT0_DATA_DIR=str(data_dir))
@@ -242,6 +253,8 @@ async def running_server(data_dir: Path, env: dict[str, str]) -> AsyncIterator[s
             "-m",
             "it0",
             "serve",
+            "--host",
+            HOST,
             "--port",
             str(port),
             stdin=asyncio.subprocess.DEVNULL,
@@ -263,7 +276,7 @@ async def running_server(data_dir: Path, env: dict[str, str]) -> AsyncIterator[s
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"it0 serve not healthy after {SERVER_START_TIMEOUT:.0f}s")
                 await asyncio.sleep(0.1)
-        yield url
+        yield RunningServer(url, proc.pid)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -355,9 +368,9 @@ async def _http_figures(backend: str, data_dir: Path, database_url: str | None, 
         env["IT0_DATABASE_URL"] = database_url
     _say(f"{backend}: starting it0 serve (production argon2 cost)")
     async with (
-        running_server(data_dir, env) as url,
+        running_server(data_dir, env) as server,
         httpx.AsyncClient(
-            base_url=url, timeout=120, limits=httpx.Limits(max_connections=o.concurrency * 2)
+            base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=o.concurrency * 2)
         ) as client,
     ):
         credentials = {"tenant": "default", "username": ADMIN, "password": password}

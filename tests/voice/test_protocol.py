@@ -133,6 +133,19 @@ async def test_another_users_call_is_unknown(voice: VoiceServer) -> None:
         assert (await http.post(f"{SESSIONS}/{uuid.uuid4()}/reconnect")).status_code == 404
 
 
+async def _reconnect(http: httpx.AsyncClient, session_id: str) -> httpx.Response:
+    """The call's reconnect, asked again while the server has not yet noticed the line drop
+    (it refuses a connected call, and notices a close within moments)."""
+    path = f"{SESSIONS}/{session_id}/reconnect"
+    response = await http.post(path)
+    for _ in range(50):
+        if response.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+        response = await http.post(path)
+    return response
+
+
 async def test_reconnect_is_refused_while_connected_and_resumes_after_a_drop(
     voice: VoiceServer,
 ) -> None:
@@ -145,12 +158,7 @@ async def test_reconnect_is_refused_while_connected_and_resumes_after_a_drop(
             busy = await http.post(path)
             assert busy.status_code == 409
             assert busy.json()["error"]["code"] == "voice_session_connected"
-        again = await http.post(path)
-        for _ in range(50):  # the server notices the close within moments
-            if again.status_code == 200:
-                break
-            await asyncio.sleep(0.05)
-            again = await http.post(path)
+        again = await _reconnect(http, created["session_id"])
         assert again.status_code == 200, again.text
         fresh = again.json()
     assert fresh["session_id"] == created["session_id"]
@@ -261,11 +269,7 @@ async def test_typed_question_gets_a_spoken_answer_and_history_survives_a_resume
         assert len(ws.audio) >= 16_000  # at least half a second of speech
         assert any(ws.audio[i] for i in range(0, len(ws.audio), 2))
     async with voice.http as http:
-        for _ in range(50):
-            again = await http.post(f"{SESSIONS}/{created['session_id']}/reconnect")
-            if again.status_code == 200:
-                break
-            await asyncio.sleep(0.05)
+        again = await _reconnect(http, created["session_id"])
     async with socket(again.json()["websocket_url"]) as ws:
         await ws.next("session.resumed")
         await ws.send({"type": "text", "text": "how much memory is free on localhost"})
@@ -332,11 +336,7 @@ async def test_an_answer_that_came_while_the_line_was_down_is_delivered_on_resum
                 if detail["status"] == "idle" and detail["turns"] == 1:
                     break
                 await asyncio.sleep(0.05)
-        for _ in range(50):
-            again = await http.post(f"{SESSIONS}/{created['session_id']}/reconnect")
-            if again.status_code == 200:
-                break
-            await asyncio.sleep(0.05)
+        again = await _reconnect(http, created["session_id"])
     async with socket(again.json()["websocket_url"]) as ws:
         await ws.next("session.resumed")
         caught_up = await ws.next("agent.text")

@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-with warnings.catch_warnings():
-    # pipecat 1.14 warns while importing (the stdlib's deprecated audioop, its own deprecated
-    # AudioContextTTSService); a filterwarnings mark only covers test bodies, not collection
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    warnings.filterwarnings("ignore", "`AudioContextTTSService` is deprecated", DeprecationWarning)
+from it0.voice.espeak import Espeak, EspeakError
+from it0.voice.speech import (
+    PACKAGED_MODEL_SHA256,
+    EspeakTTSService,
+    OfflineWhisperSTTService,
+    SpeechConfigError,
+    WhisperModelError,
+    WhisperModelHashError,
+    build_stt,
+    build_tts,
+    load_whisper_model,
+    packaged_model_dir,
+    pipecat_imports,
+    transcribe,
+    verify_model,
+    whisper_model_dir,
+)
+
+with pipecat_imports():  # a filterwarnings mark only covers test bodies, not collection
     from pipecat.frames.frames import (
         ErrorFrame,
         Frame,
@@ -34,23 +47,6 @@ with warnings.catch_warnings():
     )
     from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.tests.utils import run_test
-
-    from it0.voice.espeak import Espeak, EspeakError
-    from it0.voice.speech import (
-        PACKAGED_MODEL_SHA256,
-        EspeakTTSService,
-        OfflineWhisperSTTService,
-        SpeechConfigError,
-        WhisperModelError,
-        WhisperModelHashError,
-        build_stt,
-        build_tts,
-        load_whisper_model,
-        packaged_model_dir,
-        transcribe,
-        verify_model,
-        whisper_model_dir,
-    )
 
 RATE = 16_000
 FRAME_BYTES = RATE * 2 * 20 // 1000  # 20 ms of 16-bit mono

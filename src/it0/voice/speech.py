@@ -27,12 +27,22 @@ import soxr  # type: ignore[import-untyped]
 from it0.core.errors import ConfigurationError
 from it0.voice.espeak import Espeak, EspeakError
 
-with warnings.catch_warnings():
-    # pipecat 1.14 warns while importing: its audio helpers import the stdlib's audioop
-    # (deprecated since 3.11), and tts_service subclasses its own deprecated
-    # AudioContextTTSService. Neither is ours to fix; both are import-time only.
-    warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
-    warnings.filterwarnings("ignore", "`AudioContextTTSService` is deprecated", DeprecationWarning)
+
+@contextlib.contextmanager
+def pipecat_imports() -> Iterator[None]:
+    """Around imports of pipecat 1.14, which warns while importing: its audio helpers import the
+    stdlib's audioop (deprecated since 3.11), and tts_service subclasses its own deprecated
+    AudioContextTTSService. Neither is ours to fix; both are import-time only, so only these
+    two warnings, and only here, are ignored (the speech tests import pipecat through it too)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", "`AudioContextTTSService` is deprecated", DeprecationWarning
+        )
+        yield
+
+
+with pipecat_imports():
     from pipecat.frames.frames import (
         ErrorFrame,
         Frame,
