@@ -27,7 +27,9 @@ _WORD = re.compile(r"[a-z0-9]+")
 _STOP_TEXT = (
     "a an and are as at be been but by can could do does for from has have how i if in into "
     "is it its me my of on or our so than that the their them then there these this those "
-    "to was we were what when where which while who why will with you your"
+    "to was we were what when where which while who why will with you your "
+    # what an operator's request says around the problem, not the problem
+    "check please look see show tell"
 )
 _STOP_WORDS = frozenset(_STOP_TEXT.split())
 
