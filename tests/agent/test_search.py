@@ -13,6 +13,8 @@ QUERIES = [
     ("the disk is full on web-1", "disk-full"),
     ("No space left on device", "disk-full"),
     ("filesystem at 100% on /var", "disk-full"),
+    ("check disk usage on localhost", "disk-full"),
+    ("please show me the disk usage of db-2", "disk-full"),
     ("nginx is down", "service-down"),
     ("service nginx not running", "service-down"),
     ("Out of memory: Killed process 4242 (java)", "memory-pressure"),
