@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import soxr  # type: ignore[import-untyped]
@@ -50,6 +50,7 @@ with pipecat_imports():
         TranscriptionFrame,
         TTSAudioRawFrame,
     )
+    from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.services.settings import STTSettings, TTSSettings
     from pipecat.services.stt_latency import WHISPER_TTFS_P99
     from pipecat.services.stt_service import SegmentedSTTService, STTService
@@ -77,6 +78,9 @@ OPS_PROMPT = (
 TTS_CHOICES = ("espeak", "openai", "deepgram", "cartesia", "elevenlabs")
 STT_CHOICES = ("whisper", "openai", "deepgram")
 OPENAI_TTS_SAMPLE_RATE = 24_000  # the only rate OpenAI speaks; the output transport resamples
+# seconds an OpenAI speech request may wait on the server (to connect: at most 5); the SDK's
+# own 600 would leave a call silent for half an hour, its two retries included
+OPENAI_SPEECH_TIMEOUT = 30.0
 
 
 class SpeechConfigError(ConfigurationError):
@@ -322,14 +326,66 @@ def _api_key(opts: dict[str, Any], variable: str) -> str:
     return str(key)
 
 
+def _openai_client(opts: dict[str, Any]) -> dict[str, Any]:
+    """The client arguments of pipecat's OpenAI speech services, taken out of ``opts``.
+
+    ``api_key`` and ``base_url`` default to OPENAI_API_KEY and OPENAI_BASE_URL, as the SDK's
+    do; a base URL alone is enough (OpenAI-compatible speech servers of one's own take any key).
+    ``timeout`` (seconds) bounds each request.
+    """
+    base = opts.pop("base_url", None) or os.environ.get("OPENAI_BASE_URL") or None
+    key = (
+        opts.pop("api_key", None) or os.environ.get("OPENAI_API_KEY") or ("local" if base else None)
+    )
+    if not key:
+        raise SpeechConfigError(
+            "set OPENAI_API_KEY (or OPENAI_BASE_URL for an OpenAI-compatible server) "
+            "to use OpenAI speech"
+        )
+    timeout = float(opts.pop("timeout", OPENAI_SPEECH_TIMEOUT))
+    from openai import DefaultAsyncHttpxClient, Timeout
+
+    client = DefaultAsyncHttpxClient(timeout=Timeout(timeout, connect=min(timeout, 5.0)))
+    return {"api_key": str(key), "base_url": base, "http_client": client}
+
+
+class _ClosesOpenAIClient(FrameProcessor):
+    """pipecat's OpenAI speech services never close their ``AsyncOpenAI`` client, so every call
+    left its connections open until garbage collection; these close it at the pipeline's end."""
+
+    _client: Any
+
+    async def cleanup(self) -> None:
+        try:
+            await super().cleanup()  # type: ignore[no-untyped-call]
+        finally:
+            await self._client.close()
+
+
+_Processor = TypeVar("_Processor", bound=FrameProcessor)
+_closing: dict[type[Any], type[Any]] = {}
+
+
+def _closing_client(base: type[_Processor]) -> type[_Processor]:
+    """``base``, one of pipecat's OpenAI speech services, closing its client at cleanup (the
+    subclass is made once, and keeps the name pipecat's logs show)."""
+    if base not in _closing:
+        doc = f"pipecat's {base.__name__}, closing its client at cleanup."
+        _closing[base] = type(base.__name__, (_ClosesOpenAIClient, base), {"__doc__": doc})
+    return _closing[base]
+
+
 def build_tts(name: str, sample_rate: int, **cloud_opts: Any) -> TTSService:
-    """The text-to-speech service ``name``; options go to its constructor."""
+    """The text-to-speech service ``name``; options go to its constructor (OpenAI's
+    ``api_key``, ``base_url`` and ``timeout`` to its client, see ``_openai_client``)."""
     if name == "espeak":
         return EspeakTTSService(sample_rate=sample_rate, **cloud_opts)
     if name == "openai":
         with _extra("openai"):
             from pipecat.services.openai.tts import OpenAITTSService
-        return OpenAITTSService(sample_rate=OPENAI_TTS_SAMPLE_RATE, **cloud_opts)
+        client = _openai_client(cloud_opts)
+        service = _closing_client(OpenAITTSService)
+        return service(sample_rate=OPENAI_TTS_SAMPLE_RATE, **client, **cloud_opts)
     if name == "deepgram":
         with _extra("deepgram"):
             from pipecat.services.deepgram.tts import DeepgramTTSService
@@ -352,13 +408,13 @@ def build_tts(name: str, sample_rate: int, **cloud_opts: Any) -> TTSService:
 
 def build_stt(name: str, *, model_dir: Path | None = None, **opts: Any) -> STTService:
     """The speech-to-text service ``name``; ``model_dir`` is Whisper's, options go to its
-    constructor."""
+    constructor (OpenAI's ``api_key``, ``base_url`` and ``timeout`` to its client)."""
     if name == "whisper":
         return OfflineWhisperSTTService(model_dir=model_dir, **opts)
     if name == "openai":
         with _extra("openai"):
             from pipecat.services.openai.stt import OpenAISTTService
-        return OpenAISTTService(**opts)
+        return _closing_client(OpenAISTTService)(**_openai_client(opts), **opts)
     if name == "deepgram":
         with _extra("deepgram"):
             from pipecat.services.deepgram.stt import DeepgramSTTService
