@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Ensure the binaries the test suite starts (tests/services.py) are installed.
+# Ensure the binaries the test suite starts (tests/services.py, tests/sound.py) and the
+# libraries it loads are installed.
 # Quiet when everything is present; installs missing Debian packages when root.
 set -euo pipefail
 
-# One entry per requirement: "<Debian package>|<globs of a binary it provides, space separated>".
+# One entry per requirement: "<Debian package>|<globs of a binary or a shared library it
+# provides, space separated>".
 REQUIREMENTS=(
     "postgresql|/usr/lib/postgresql/*/bin/postgres"
     "redis-server|/usr/bin/redis-server /usr/sbin/redis-server"
     "openssh-server|/usr/sbin/sshd"
     "sudo|/usr/bin/sudo"
+    # the live `it0 call` test: PortAudio for sounddevice, reaching a throwaway PulseAudio
+    # daemon through ALSA's pulse plugin
+    "libportaudio2|/usr/lib/*/libportaudio.so.2*"
+    "pulseaudio|/usr/bin/pulseaudio"
+    "libasound2-plugins|/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so"
 )
 
 present() {
     local candidate
     for candidate in $1; do # unquoted on purpose: expand the glob
-        [[ -x "$candidate" ]] && return 0
+        case "$candidate" in
+        *.so | *.so.*) [[ -f "$candidate" ]] && return 0 ;; # libraries need not be executable
+        *) [[ -x "$candidate" ]] && return 0 ;;
+        esac
     done
     return 1
 }

@@ -68,6 +68,7 @@ class Changes:
 class FakeSession:
     id: str
     token: str
+    agent_session_id: str = ""
     connections: int = 0
     live: ServerConnection | None = None
     ended: bool = False
@@ -102,6 +103,7 @@ class FakeVoiceServer:
     """Just enough of the voice server: sessions, reconnect, hang-up, and the WebSocket."""
 
     id_key: str = "session_id"
+    agent_key: str | None = "agent_session_id"  # None: the grant does not name the conversation
     relative_urls: bool = False
     drop_on_delete: bool = False  # cut the socket instead of a clean session.ended
     reconnect_answers: list[int] = field(default_factory=list)  # then reconnect_default
@@ -195,13 +197,19 @@ class FakeVoiceServer:
         self.tokens.append(session.token)
         path = f"{VOICE}/ws/{session.id}?token={session.token}"
         url = path if self.relative_urls else self.ws_url + path
-        return {self.id_key: session.id, "websocket_url": url, "expires_in": 60}
+        grant: dict[str, Any] = {self.id_key: session.id, "websocket_url": url, "expires_in": 60}
+        if self.agent_key is not None:
+            grant[self.agent_key] = session.agent_session_id
+        return grant
 
     async def _create(self, request: Request) -> Response:
         await self._seen(request)
         if request.headers.get("authorization") != f"Bearer {KEY}":
             return _error(401, "unauthenticated", "bad credential")
-        session = FakeSession(id=secrets.token_hex(8), token="")
+        asked = (self.requests[-1].body or {}).get("agent_session_id")
+        session = FakeSession(
+            id=secrets.token_hex(8), token="", agent_session_id=asked or secrets.token_hex(8)
+        )
         self.sessions[session.id] = session
         return JSONResponse(self._grant(session), status_code=201)
 
@@ -540,6 +548,38 @@ async def test_the_session_id_is_read_from_any_of_its_names(
     assert created.authorization == f"Bearer {KEY}"
     assert created.body == {"agent_session_id": "agent-42"}
     await server.changes.until(lambda: server.session.live is not None)
+
+
+@pytest.mark.parametrize("agent_key", ["agent_session_id", "agentSessionId"])
+async def test_the_call_knows_its_agent_conversation(
+    server: FakeVoiceServer, make_call: MakeCall, agent_key: str
+) -> None:
+    server.agent_key = agent_key
+    call, _ = make_call()
+    assert call.agent_session_id is None
+    await call.start()
+    assert call.agent_session_id == server.session.agent_session_id
+    assert call.agent_session_id
+    (created,) = server.seen("POST", "/sessions")
+    assert created.body == {"agent_session_id": None}
+
+    asked, _ = make_call(agent_session_id="agent-42")
+    await asked.start()
+    assert asked.agent_session_id == "agent-42"
+    assert server.seen("POST", "/sessions")[-1].body == {"agent_session_id": "agent-42"}
+
+
+async def test_a_server_that_does_not_name_the_conversation(
+    server: FakeVoiceServer, make_call: MakeCall
+) -> None:
+    server.agent_key = None
+    call, _ = make_call()
+    await call.start()
+    assert call.state is CallState.CONNECTED
+    assert call.agent_session_id is None
+    asked, _ = make_call(agent_session_id="agent-42")
+    await asked.start()
+    assert asked.agent_session_id == "agent-42"  # the one asked for: the server did not object
 
 
 async def test_a_relative_websocket_url_is_joined_to_the_base_url(

@@ -1,6 +1,7 @@
 """``it0 call``: a voice call with the agent from the terminal.
 
-Live, the microphone speaks and the speaker plays the agent's voice (``sounddevice``).
+Live, the microphone speaks and the speaker plays the agent's voice (``sounddevice``, the
+``audio`` extra, over PortAudio).
 Headless, ``--in`` streams a WAV file as the question (``--text`` types it instead) and
 ``--out`` keeps everything the agent said as a WAV file. What the server heard and the
 answer print as they arrive; while a dropped connection is being restored the reconnect
@@ -39,6 +40,10 @@ FRAME_BYTES = 640  # 20 ms of 16 kHz, 16-bit, mono
 TAIL_SECONDS = 10.0  # silence after the question, at most, until the server says what it heard
 IDLE_SECONDS = 1.0  # no audio for this long after the final text: the answer is over
 SILENT_ANSWER_SECONDS = 5.0  # the same when no audio came at all
+# live: what the sound device records and plays, in 20 ms blocks like the protocol's frames
+FORMAT: dict[str, Any] = {"samplerate": RATE, "channels": 1, "dtype": "int16"}
+STREAM: dict[str, Any] = {**FORMAT, "blocksize": FRAME_BYTES // 2}
+MIC_BACKLOG = 50  # a second of microphone audio waiting for the network, at most
 NO_SOUND = (
     "no sound device here (install the 'sounddevice' package and PortAudio), or use --in/--out"
 )
@@ -303,6 +308,11 @@ async def _connect(call: VoiceCall, view: CallView) -> None:
         raise CallFailed(one_line(_message(exc)), status=exc.status) from None
     view.started = True
     view.note(f"on the line: call {call.session_id}")
+    if call.agent_session_id is not None:
+        view.note(
+            f"conversation {call.agent_session_id} "
+            f"(go on with it later: it0 chat --session {call.agent_session_id})"
+        )
 
 
 async def _say(call: VoiceCall, pcm: bytes, answer: Answer) -> None:
@@ -365,29 +375,102 @@ def _sound_device() -> ModuleType:
         sounddevice.query_devices(kind="output")
     except Exception:  # not installed, no PortAudio, or no device: all the same to the user
         _fail(NO_SOUND)
+    try:
+        sounddevice.check_input_settings(**FORMAT)
+        sounddevice.check_output_settings(**FORMAT)
+    except Exception as exc:  # PortAudioError, or ValueError for a device that cannot
+        _fail(f"the sound device cannot do 16 kHz mono 16-bit audio: {one_line(str(exc))}")
     return sounddevice
+
+
+class Microphone:
+    """Carries the microphone's blocks from PortAudio's thread to the call, in order.
+
+    ``callback`` runs on PortAudio's thread: it copies the block and hands it to the event
+    loop with ``call_soon_threadsafe``, which queues it; ``send_to`` sends the queue on the
+    loop, one block after the other. While the network is slower than the microphone, at
+    most ``MIC_BACKLOG`` blocks wait and the oldest are dropped (counted in ``dropped``), as
+    a phone does: speech from seconds ago is worth less than a prompt answer.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._blocks: asyncio.Queue[bytes] = asyncio.Queue()
+        self._open = True
+        self.dropped = 0
+
+    def callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        if not self._open:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._put, bytes(indata))
+        except RuntimeError:  # the loop has closed: the call is over
+            self._open = False
+
+    def close(self) -> None:
+        """No more blocks, from now on (on the loop's thread)."""
+        self._open = False
+
+    def _put(self, block: bytes) -> None:
+        if not self._open:
+            return
+        if self._blocks.qsize() >= MIC_BACKLOG:
+            self._blocks.get_nowait()
+            self.dropped += 1
+        self._blocks.put_nowait(block)
+
+    async def send_to(self, call: VoiceCall) -> None:
+        while True:
+            await call.send_audio(await self._blocks.get())
+
+
+def _open_streams(sounddevice: ModuleType, microphone: Microphone, call: VoiceCall) -> list[Any]:
+    """The microphone's and the speaker's streams, open but not started."""
+
+    def speaker(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        # PortAudio's thread; the jitter buffer is the one part of the call safe to use here
+        outdata[:] = call.buffer.read_or_silence(len(outdata))
+
+    streams: list[Any] = []
+    try:
+        streams.append(sounddevice.RawInputStream(callback=microphone.callback, **STREAM))
+        streams.append(sounddevice.RawOutputStream(callback=speaker, **STREAM))
+    except Exception as exc:  # PortAudioError: the device went away, or is busy
+        which = "speaker" if streams else "microphone"
+        _close_streams(streams)
+        raise CallFailed(f"cannot open the {which}: {one_line(str(exc))}") from None
+    return streams
+
+
+def _close_streams(streams: list[Any]) -> None:
+    # abort, not stop: nothing is left to play once the call is over, and stopping waits for
+    # the next block from the microphone, which never comes when it went quiet (unplugged)
+    for stream in streams:
+        stream.abort(ignore_errors=True)
+        stream.close(ignore_errors=True)
 
 
 async def _live(call: VoiceCall, view: CallView, sounddevice: ModuleType) -> int:
     """Microphone to the call, the call's buffer to the speaker, until someone hangs up."""
-    loop = asyncio.get_running_loop()
-    await _connect(call, view)
-
-    def microphone(indata: Any, frames: int, time_info: Any, status: Any) -> None:
-        asyncio.run_coroutine_threadsafe(call.send_audio(bytes(indata)), loop)
-
-    def speaker(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-        outdata[:] = call.buffer.read_or_silence(len(outdata))
-
-    stream = {"samplerate": RATE, "channels": 1, "dtype": "int16", "blocksize": RATE // 50}
+    microphone = Microphone(asyncio.get_running_loop())
+    streams = _open_streams(sounddevice, microphone, call)  # before the call: fail first
+    sender: asyncio.Task[None] | None = None
     try:
-        with (
-            sounddevice.RawInputStream(callback=microphone, **stream),
-            sounddevice.RawOutputStream(callback=speaker, **stream),
-        ):
-            view.note("speak when you like; Ctrl-C hangs up")
-            await call.wait_closed()
+        await _connect(call, view)
+        sender = asyncio.create_task(microphone.send_to(call), name="it0.call.microphone")
+        try:
+            for stream in streams:
+                stream.start()
+        except Exception as exc:  # PortAudioError: the device went away meanwhile
+            raise CallFailed(f"cannot start the sound device: {one_line(str(exc))}") from None
+        view.note("speak when you like; Ctrl-C hangs up")
+        await call.wait_closed()
     finally:
+        microphone.close()
+        _close_streams(streams)
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
         if not call.state.final:
             view.hanging_up = True
             await call.hangup()

@@ -18,16 +18,22 @@ from it0.client.rest import ApiError, ServerUnreachable
 
 API = "/api/v1/voice"
 SESSION_ID_KEYS = ("session_id", "sessionId", "id")
+AGENT_SESSION_ID_KEYS = ("agent_session_id", "agentSessionId")
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _TOKEN = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class SessionGrant:
-    """A session id and the WebSocket URL (with its token) to join it now."""
+    """A session id and the WebSocket URL (with its token) to join it now.
+
+    ``agent_session_id`` is the agent conversation the call belongs to, when the server
+    says (it0's does; another server may not).
+    """
 
     session_id: str
     websocket_url: str = field(repr=False)
+    agent_session_id: str | None = None
 
 
 class VoiceApi:
@@ -83,19 +89,25 @@ class VoiceApi:
             body = response.json()
         except ValueError:
             body = None
-        session_id = _session_id(body) if isinstance(body, dict) else None
-        url = body.get("websocket_url") if isinstance(body, dict) else None
+        fields: dict[str, Any] = body if isinstance(body, dict) else {}
+        session_id = _first_id(fields, SESSION_ID_KEYS)
+        url = fields.get("websocket_url")
         if session_id is None or not isinstance(url, str) or not url:
             raise ApiError(
                 response.status_code,
                 "unexpected_body",
                 f"{API}{path} answered without a session id and a websocket_url",
             )
-        return SessionGrant(session_id, websocket_url(url, self.base_url))
+        return SessionGrant(
+            session_id,
+            websocket_url(url, self.base_url),
+            agent_session_id=_first_id(fields, AGENT_SESSION_ID_KEYS),
+        )
 
 
-def _session_id(body: dict[str, Any]) -> str | None:
-    for key in SESSION_ID_KEYS:
+def _first_id(body: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` that holds a non-empty string or an integer, as a string."""
+    for key in keys:
         value = body.get(key)
         if isinstance(value, bool):
             continue

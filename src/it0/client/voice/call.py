@@ -106,9 +106,15 @@ class VoiceCall:
     ``clock`` (monotonic seconds) times the heartbeat; ``sleep`` is awaited for each
     reconnect backoff delay and nothing else, so a test can record and skip the waits.
 
+    ``session_id`` is the voice session's id once ``start`` has created it.
+    ``agent_session_id`` is the agent conversation the call belongs to, to go on with in a
+    typed chat afterwards: the one the server names at ``start``, else the one asked for
+    (None when neither is known).
+
     A call belongs to one event loop; a microphone thread hands its audio over with
-    ``asyncio.run_coroutine_threadsafe(call.send_audio(pcm), loop)``. Only ``buffer`` is
-    safe to use from another thread directly.
+    ``loop.call_soon_threadsafe`` to a queue that one task sends with ``send_audio``, in
+    order (``it0.cli.call.Microphone`` does). Only ``buffer`` is safe to use from another
+    thread directly.
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class VoiceCall:
         )
         self.counters = CallCounters()
         self.session_id: str | None = None
+        self.agent_session_id: str | None = agent_session_id
         self._base_url = base_url
         self._credential = credential
         self._agent_session_id = agent_session_id
@@ -185,6 +192,8 @@ class VoiceCall:
         try:
             grant = await api.create(self._agent_session_id)
             session_id = self.session_id = grant.session_id
+            if grant.agent_session_id is not None:
+                self.agent_session_id = grant.agent_session_id
             ws = await self._open(grant.websocket_url)
         except BaseException as exc:
             if session_id is not None and isinstance(exc, Exception):
