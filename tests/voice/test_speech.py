@@ -30,6 +30,7 @@ from it0.voice.speech import (
     transcribe,
     verify_model,
     whisper_model_dir,
+    whisper_threads,
 )
 
 with pipecat_imports():  # a filterwarnings mark only covers test bodies, not collection
@@ -141,6 +142,15 @@ def test_the_model_is_loaded_once_and_offline(whisper: Any) -> None:
     assert load_whisper_model() is whisper
     assert load_whisper_model(packaged_model_dir()) is whisper
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 2), (3, 3), (16, 4)])
+def test_whisper_uses_the_cores_it_may_use(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    """Not faster-whisper's fixed 4: on 2 cores that oversubscribes them."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert whisper_threads() == threads
 
 
 def test_packaged_model_matches_its_hash() -> None:
