@@ -29,6 +29,7 @@ from it0.auth.bootstrap import read_local_key
 from it0.cli.call import MIC_BACKLOG, Microphone
 from it0.client.voice import VoiceCall
 from it0.voice.espeak import Espeak
+from tests.agent.prepared import fixture_runbook
 from tests.processes import ANSI, Server, free_port, it0_command, it0_env, server_pool
 from tests.sound import SoundServer, sound_server
 from tests.voice.proxy import Proxy
@@ -187,41 +188,12 @@ def test_a_command_that_needs_approval_shows_how_to_approve(site: Site, tmp_path
         "/dev/sda1      ext4   50G   48G  1.0G  98% /quasar\n"
     )
     runbook = {
+        **fixture_runbook(report, marker),
         "id": "quasar-full",
         "title": "Quasar volume full",
         "summary": "The quasar volume ran out of space.",
         "symptoms": ["quasar volume is full"],
         "keywords": ["quasar", "full"],
-        "parameters": {
-            "report": {"description": "df output", "default": str(report)},
-            "marker": {"description": "what the fix creates", "default": str(marker)},
-        },
-        "diagnostics": [
-            {
-                "name": "Usage",
-                "command": "cat {report}",
-                "explain": "Use% near 100 is the full one.",
-                "findings": [
-                    {
-                        "pattern": r"(?P<pct>\d+)%\s+(?P<mount>/\S*)$",
-                        "group": "pct",
-                        "above": 90,
-                        "message": "{mount} is {pct}% full",
-                        "severity": "critical",
-                        "remediation": "Free the space",
-                    }
-                ],
-            }
-        ],
-        "remediations": [
-            {
-                "name": "Free the space",
-                "command": "touch {marker}",
-                "risk_note": "Creates a file.",
-                "when": "A filesystem is over 90% full.",
-            }
-        ],
-        "verify": [{"name": "Again", "command": "cat {report}", "explain": "Lower."}],
     }
     headers = {"Authorization": f"Bearer {read_local_key(site.data)}"}
     with httpx.Client(base_url=site.server.url, headers=headers, timeout=30) as http:
