@@ -34,6 +34,7 @@ from it0.voice.speech import (
 )
 
 with pipecat_imports():  # a filterwarnings mark only covers test bodies, not collection
+    from pipecat.audio.vad.vad_analyzer import VADParams
     from pipecat.frames.frames import (
         ErrorFrame,
         Frame,
@@ -46,8 +47,16 @@ with pipecat_imports():  # a filterwarnings mark only covers test bodies, not co
         VADUserStartedSpeakingFrame,
         VADUserStoppedSpeakingFrame,
     )
+    from pipecat.pipeline.pipeline import Pipeline
     from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.tests.utils import run_test
+
+    from it0.voice.pipeline import (
+        PauseAwareVAD,
+        PauseAwareVADProcessor,
+        UserPausedFrame,
+        UserResumedFrame,
+    )
 
 RATE = 16_000
 FRAME_BYTES = RATE * 2 * 20 // 1000  # 20 ms of 16-bit mono
@@ -219,6 +228,125 @@ async def test_stt_service_transcribes_a_vad_segment_in_a_pipeline(
     assert len(texts) == 1
     assert "disk" in texts[0].lower()
     assert texts[0] == texts[0].strip()
+
+
+# --- starting transcription on a pause ------------------------------------------------------
+
+
+def audio_frames(pcm: bytes) -> list[Frame]:
+    padded = pcm + bytes(-len(pcm) % FRAME_BYTES)
+    return [
+        InputAudioRawFrame(padded[i : i + FRAME_BYTES], RATE, 1)
+        for i in range(0, len(padded), FRAME_BYTES)
+    ]
+
+
+def trimmed(pcm: bytes) -> bytes:
+    """Speech without eSpeak's leading and trailing silence, so the test sets the gaps."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > 300)
+    return pcm[2 * loud[0] : 2 * (loud[-1] + 1)]
+
+
+def two_phrases(speech: bytes, gap_secs: float) -> list[Frame]:
+    second = Espeak().synthesize(SECOND_PHRASE, RATE)
+    return [
+        *quiet(0.2),
+        *audio_frames(trimmed(speech) + bytes(2 * int(RATE * gap_secs)) + trimmed(second)),
+        *quiet(0.6),
+    ]
+
+
+def quiet(secs: float) -> list[Frame]:
+    return audio_frames(bytes(2 * int(RATE * secs)))
+
+
+def vad(pause_secs: float = 0.1) -> PauseAwareVADProcessor:
+    analyzer = PauseAwareVAD(
+        pause_secs=pause_secs, sample_rate=RATE, params=VADParams(stop_secs=0.3)
+    )
+    return PauseAwareVADProcessor(vad_analyzer=analyzer)
+
+
+SPEECH_EVENTS = (VADUserStartedSpeakingFrame, UserPausedFrame, UserResumedFrame)
+
+
+def events(down: Sequence[Frame]) -> list[str]:
+    """The VAD's speech events in order, and how many 20 ms audio frames came between them."""
+    seen: list[str] = []
+    gap = 0
+    for frame in down:
+        if isinstance(frame, InputAudioRawFrame):
+            gap += 1
+        elif isinstance(frame, (*SPEECH_EVENTS, VADUserStoppedSpeakingFrame)):
+            seen.append(f"{type(frame).__name__}+{gap}")
+            gap = 0
+    return seen
+
+
+def names(seen: list[str]) -> list[str]:
+    return [event.split("+")[0] for event in seen]
+
+
+async def test_vad_reports_a_pause_before_the_stop(speech: bytes) -> None:
+    down = await run_frames(vad(), [*quiet(0.2), *audio_frames(speech), *quiet(0.6)])
+    seen = events(down)
+    assert names(seen) == [
+        "VADUserStartedSpeakingFrame",
+        "UserPausedFrame",
+        "VADUserStoppedSpeakingFrame",
+    ]
+    # the pause comes about 0.1 s into the quiet, the stop 0.2 s (10 frames) after it
+    assert 7 <= int(seen[2].split("+")[1]) <= 12
+
+
+async def test_vad_reports_speech_coming_back_after_a_pause(speech: bytes) -> None:
+    assert names(events(await run_frames(vad(), two_phrases(speech, 0.18)))) == [
+        "VADUserStartedSpeakingFrame",
+        "UserPausedFrame",
+        "UserResumedFrame",
+        "UserPausedFrame",
+        "VADUserStoppedSpeakingFrame",
+    ]
+
+
+async def test_vad_without_a_pause_time_only_starts_and_stops(speech: bytes) -> None:
+    down = await run_frames(vad(0.0), [*quiet(0.2), *audio_frames(speech), *quiet(0.6)])
+    assert names(events(down)) == ["VADUserStartedSpeakingFrame", "VADUserStoppedSpeakingFrame"]
+
+
+async def test_stt_takes_the_transcript_started_on_the_pause(whisper: Any, speech: bytes) -> None:
+    stt = build_stt("whisper")
+    assert isinstance(stt, OfflineWhisperSTTService)
+    frames = [*quiet(0.2), *audio_frames(speech), *quiet(0.6)]
+    down = await run_frames(Pipeline([vad(), stt]), frames)
+    texts = [f.text for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(texts) == 1
+    assert "disk" in texts[0].lower()
+    assert stt.early_hits == 1
+
+
+async def test_stt_drops_an_early_start_when_the_user_goes_on(whisper: Any, speech: bytes) -> None:
+    # a pause mid-utterance starts a transcription; speech after it makes that one stale,
+    # and the transcript holds the whole utterance, not what was said before the pause
+    stt = build_stt("whisper")
+    assert isinstance(stt, OfflineWhisperSTTService)
+    down = await run_frames(Pipeline([vad(), stt]), two_phrases(speech, 0.18))
+    texts = [f.text.lower() for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(texts) == 1
+    assert "disk" in texts[0]
+    assert "memory" in texts[0]
+    assert stt.early_hits == 1  # the second pause's run, which heard both phrases
+
+
+async def test_stt_without_pauses_transcribes_at_the_stop(whisper: Any, speech: bytes) -> None:
+    stt = build_stt("whisper")
+    assert isinstance(stt, OfflineWhisperSTTService)
+    frames = [*quiet(0.2), *audio_frames(speech), *quiet(0.6)]
+    down = await run_frames(Pipeline([vad(0.0), stt]), frames)
+    texts = [f.text for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(texts) == 1
+    assert "disk" in texts[0].lower()
+    assert stt.early_hits == 0
 
 
 # --- choosing a service ----------------------------------------------------------------------

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     voice_vad_stop_secs: float = Field(
         default=0.3, gt=0, description="silence that ends an utterance"
     )
+    voice_vad_pause_secs: float = Field(
+        default=0.1,
+        ge=0,
+        description="silence on which offline speech-to-text starts early (0: wait for the stop)",
+    )
     voice_echo: bool = Field(
         default=False, description="calls echo the caller's audio: a line test, no speech"
     )

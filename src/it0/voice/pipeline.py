@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -23,6 +23,7 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
+    SystemFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -86,6 +87,62 @@ class VoiceSerializer(FrameSerializer):
         return None
 
 
+class UserPausedFrame(SystemFrame):
+    """The user has been quiet for the pause time while still counted as speaking: the
+    utterance may be over, so speech-to-text can start on it before the VAD's stop."""
+
+
+class UserResumedFrame(SystemFrame):
+    """Speech came back after a ``UserPausedFrame``: what was started on the pause is stale."""
+
+
+class PauseAwareVAD(SileroVADAnalyzer):
+    """Silero VAD that also tells when a stop is under way: after ``pause_secs`` of quiet, long
+    before the ``stop_secs`` that end the utterance."""
+
+    def __init__(self, *, pause_secs: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pause_secs = pause_secs
+        self._quiet_secs = 0.0
+        self._paused = False
+        self._news: type[SystemFrame] | None = None
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        state = await super().analyze_audio(buffer)
+        # STOPPING: speech was heard and quiet has begun, but not yet for stop_secs
+        self._quiet_secs = (
+            self._quiet_secs + len(buffer) / (2 * self.sample_rate)
+            if state == VADState.STOPPING
+            else 0.0
+        )
+        if not self._paused and self._pause_secs and self._quiet_secs >= self._pause_secs:
+            self._paused, self._news = True, UserPausedFrame
+        elif self._paused and state != VADState.STOPPING:
+            # back to SPEAKING is news; QUIET means the stop came and the pause was the end
+            self._paused = False
+            self._news = UserResumedFrame if state == VADState.SPEAKING else None
+        return state
+
+    def take_news(self) -> type[SystemFrame] | None:
+        """The pause or resume the last audio brought, once."""
+        news, self._news = self._news, None
+        return news
+
+
+class PauseAwareVADProcessor(VADProcessor):
+    """Pipecat's VAD processor, also pushing ``UserPausedFrame`` and ``UserResumedFrame``
+    after the audio that caused them."""
+
+    def __init__(self, *, vad_analyzer: PauseAwareVAD, **kwargs: Any) -> None:
+        super().__init__(vad_analyzer=vad_analyzer, **kwargs)
+        self._analyzer = vad_analyzer
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame) and (news := self._analyzer.take_news()):
+            await self.push_frame(news())
+
+
 class TurnTaker(FrameProcessor):
     """Joins what the user said into utterances and hands each finished one on.
 
@@ -140,9 +197,11 @@ def build_worker(
     stages: list[FrameProcessor] | None,
     *,
     vad_stop_secs: float,
+    vad_pause_secs: float = 0.0,
 ) -> tuple[PipelineWorker, FastAPIWebsocketTransport]:
     """The call's pipeline around ``stages`` (speech-to-text, turn taker, text-to-speech);
-    without stages it echoes."""
+    without stages it echoes. With ``vad_pause_secs`` (less than the stop), the VAD also
+    reports pauses, on which speech-to-text may start early."""
     transport = FastAPIWebsocketTransport(
         websocket,
         FastAPIWebsocketParams(
@@ -158,10 +217,12 @@ def build_worker(
     if stages is None:
         middle: list[FrameProcessor] = [Echo()]
     else:
-        analyzer = SileroVADAnalyzer(
-            sample_rate=SAMPLE_RATE, params=VADParams(stop_secs=vad_stop_secs)
+        analyzer = PauseAwareVAD(
+            pause_secs=vad_pause_secs if vad_pause_secs < vad_stop_secs else 0.0,
+            sample_rate=SAMPLE_RATE,
+            params=VADParams(stop_secs=vad_stop_secs),
         )
-        middle = [VADProcessor(vad_analyzer=analyzer), *stages]
+        middle = [PauseAwareVADProcessor(vad_analyzer=analyzer), *stages]
     pipeline = Pipeline([transport.input(), *middle, transport.output()])
     worker = PipelineWorker(
         pipeline,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.resources
@@ -44,19 +45,23 @@ def pipecat_imports() -> Iterator[None]:
 
 with pipecat_imports():
     from pipecat.frames.frames import (
+        CancelFrame,
+        EndFrame,
         ErrorFrame,
         Frame,
         StartFrame,
         TranscriptionFrame,
         TTSAudioRawFrame,
     )
-    from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
     from pipecat.services.settings import STTSettings, TTSSettings
     from pipecat.services.stt_latency import WHISPER_TTFS_P99
     from pipecat.services.stt_service import SegmentedSTTService, STTService
     from pipecat.services.tts_service import TTSService
     from pipecat.transcriptions.language import Language
     from pipecat.utils.time import time_now_iso8601
+
+    from it0.voice.pipeline import UserPausedFrame, UserResumedFrame
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel  # type: ignore[import-untyped]
@@ -256,10 +261,21 @@ class EspeakTTSService(TTSService):
             )
 
 
+@dataclasses.dataclass
+class _EarlyStart:
+    """A transcription started on a pause: ``audio`` is the utterance up to the pause."""
+
+    audio: bytes
+    text: asyncio.Task[str | None]  # pipecat's task manager logs a failure and gives None
+
+
 class OfflineWhisperSTTService(SegmentedSTTService):
     """Speech-to-text with a local faster-whisper model that every call in the process shares.
 
-    Segments come from the VAD frames; each is transcribed in a worker thread.
+    Segments come from the VAD frames; each is transcribed in a worker thread. When the VAD
+    reports a pause (``UserPausedFrame``), transcription starts on what was said so far; if
+    the utterance then ends without more speech, that text is the transcript, so the wait
+    for the VAD's stop and the model's run overlap instead of adding up.
     """
 
     def __init__(
@@ -269,16 +285,24 @@ class OfflineWhisperSTTService(SegmentedSTTService):
         sha256: str | None = None,
         prompt: str | None = OPS_PROMPT,
         no_speech_threshold: float = 0.6,
+        trailing_silence_secs: float = 0.5,
         **kwargs: Any,
     ) -> None:
         self._model_dir = model_dir
         self._sha256 = sha256
         directory = whisper_model_dir(model_dir)  # a bad directory fails here, not mid-call
         kwargs.setdefault("ttfs_p99_latency", WHISPER_TTFS_P99)
-        super().__init__(settings=STTSettings(model=str(directory), language=Language.EN), **kwargs)
+        super().__init__(
+            settings=STTSettings(model=str(directory), language=Language.EN),
+            trailing_silence_secs=trailing_silence_secs,
+            **kwargs,
+        )
         self._prompt = prompt
         self._no_speech_threshold = no_speech_threshold
+        self._trailing_secs = trailing_silence_secs
         self._model: WhisperModel | None = None
+        self._early: _EarlyStart | None = None
+        self.early_hits = 0  # transcripts that came from an early start
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -299,13 +323,41 @@ class OfflineWhisperSTTService(SegmentedSTTService):
         except Exception as exc:  # a broken model must end up as an error frame, not a crash
             await self.push_error(f"{self}: {exc}", exception=exc, force_treat_as_permanent=True)
 
-    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        if self._model is None:
-            yield ErrorFrame(error="the Whisper model is not loaded")
+    async def stop(self, frame: EndFrame) -> None:
+        await super().stop(frame)  # transcribes what is queued, which may use the early start
+        await self._drop_early()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await self._drop_early()
+        await super().cancel(frame)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, UserPausedFrame):
+            await self._start_early()
+        elif isinstance(frame, UserResumedFrame):
+            await self._drop_early()
+
+    async def _start_early(self) -> None:
+        if self._model is None or not self.is_usable:
             return
+        await self._drop_early()
+        # pipecat 1.14's SegmentedSTTService keeps the utterance so far in _audio_buffer; the
+        # segment it hands to run_stt at the stop starts with exactly these bytes
+        audio = bytes(self._audio_buffer)
+        padded = audio + bytes(2 * int(self.sample_rate * self._trailing_secs))
+        self._early = _EarlyStart(audio, self.create_task(self._transcribe(padded), "early-stt"))
+
+    async def _drop_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:
+            # the thread finishes its run; only its result is dropped
+            await self.cancel_task(early.text)
+
+    async def _transcribe(self, audio: bytes) -> str:
+        assert self._model is not None
         language = self._settings.language if isinstance(self._settings.language, str) else None
-        await self.start_processing_metrics()
-        text = await asyncio.to_thread(
+        return await asyncio.to_thread(
             transcribe,
             self._model,
             audio,
@@ -314,6 +366,21 @@ class OfflineWhisperSTTService(SegmentedSTTService):
             prompt=self._prompt,
             no_speech_threshold=self._no_speech_threshold,
         )
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        if self._model is None:
+            yield ErrorFrame(error="the Whisper model is not loaded")
+            return
+        await self.start_processing_metrics()
+        text = None
+        if self._early is not None and audio.startswith(self._early.audio):
+            # nothing but quiet came after the pause: the early run heard the whole utterance
+            text = await self._early.text
+            if text is not None:
+                self.early_hits += 1
+        await self._drop_early()
+        if text is None:
+            text = await self._transcribe(audio)
         await self.stop_processing_metrics()
         if text:
             log.debug("transcribed %d bytes: %s", len(audio), text)

@@ -42,7 +42,7 @@ def _text(value: Any, unit: str = "") -> str:
 
 LATENCY_ROWS = (
     ("end of speech -> first answer audio byte, median", "median_ms"),
-    ("  end of speech -> transcript (VAD stop + Whisper)", "to_transcript_ms"),
+    ("  end of speech -> transcript (VAD + Whisper)", "to_transcript_ms"),
     ("  transcript -> first agent.text (offline agent)", "transcript_to_text_ms"),
     ("  first agent.text -> first audio byte (eSpeak NG)", "text_to_audio_ms"),
 )
@@ -76,7 +76,8 @@ def _print(result: dict[str, Any]) -> None:
         console.print(table)
         console.print(
             f"[dim]{latency['server']}; {latency['stack']}; VAD stop {latency['vad_stop_secs']} "
-            f"s; answers read out to {latency['spoken_chars']} characters[/dim]"
+            f"s, Whisper from a pause of {latency['vad_pause_secs']} s; answers read out to "
+            f"{latency['spoken_chars']} characters[/dim]"
         )
     if (concurrency := result.get("concurrency")) is not None:
         title = "it0 bench voice: concurrent echo calls, 20 ms frames at real-time pace"

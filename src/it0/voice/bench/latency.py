@@ -233,7 +233,8 @@ async def measure_latency(turns: int, data: Path) -> dict[str, Any]:
                     await call.hangup()
     finally:
         await p.close()
-    return _latency_figures(done, turns, settings.voice_vad_stop_secs, listener.errors)
+    vad = (settings.voice_vad_stop_secs, settings.voice_vad_pause_secs)
+    return _latency_figures(done, turns, vad, listener.errors)
 
 
 async def _turns(
@@ -269,7 +270,7 @@ async def _turns(
 
 
 def _latency_figures(
-    turns: list[Turn], asked: int, vad_stop_secs: float, errors: list[str]
+    turns: list[Turn], asked: int, vad: tuple[float, float], errors: list[str]
 ) -> dict[str, Any]:
     rows = [t.figures() for t in turns]
 
@@ -281,7 +282,8 @@ def _latency_figures(
     return {
         "server": "in-process: uvicorn on 127.0.0.1 in the bench process, one call",
         "stack": "Silero VAD, Whisper tiny.en, offline agent, eSpeak NG",
-        "vad_stop_secs": vad_stop_secs,
+        "vad_stop_secs": vad[0],
+        "vad_pause_secs": vad[1],
         "spoken_chars": SPOKEN_CHARS,
         "turns": asked,
         "answered": len(latencies),
