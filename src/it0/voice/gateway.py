@@ -303,7 +303,11 @@ class Connection:
             stt, tts = self.g.speech()
             stages = [stt, TurnTaker(self._on_utterance, self._on_barge_in), tts]
         worker, transport = build_worker(
-            self.ws, serializer, stages, vad_stop_secs=self.settings.voice_vad_stop_secs
+            self.ws,
+            serializer,
+            stages,
+            vad_stop_secs=self.settings.voice_vad_stop_secs,
+            vad_pause_secs=self.settings.voice_vad_pause_secs,
         )
         self._worker = worker
 
@@ -392,6 +396,10 @@ class Connection:
             silent = time.monotonic() - self._last_heard
             if silent > timeout:
                 log.info("voice client silent", extra={"actor": str(self.session.id)})
+                # reconnectable before the client hears the close, so it may resume at once
+                await self.g.registry.release(
+                    self.session.id, self.session.generation, self.g.clock(), self.delivered_seq
+                )
                 await self._close_socket(CLOSE_DEAD)
                 self._closed.set()
                 return
