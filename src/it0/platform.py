@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
 from it0.audit.chain import AuditTrail
 from it0.audit.guard import install_audit_guard
@@ -13,6 +14,20 @@ from it0.core.security import Passwords, TokenSigner, load_or_create_ed25519
 from it0.core.settings import Settings
 from it0.execution import ConnectionPool, FleetExecutor, LocalExecutor
 from it0.inventory.vault import Vault
+
+if TYPE_CHECKING:
+    from it0.inventory.models import Server
+    from it0.inventory.service import Recorder
+    from it0.ops.models import Task
+
+
+class TaskStarter(Protocol):
+    """This process's task worker, when it runs one."""
+
+    async def start_now(self, audit: Recorder, task: Task, servers: list[Server]) -> bool:
+        """Claim ``task``, authorized in ``audit``'s open transaction, in that transaction, to
+        run here once it commits; False leaves it to the queue."""
+        ...
 
 
 @dataclass
@@ -25,6 +40,9 @@ class Platform:
     audit: AuditTrail
     vault: Vault
     executor: FleetExecutor
+    # a task authorized where it is created starts in this process, without a trip through
+    # the queue (set by the worker role's TaskRunner)
+    task_starter: TaskStarter | None = None
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:

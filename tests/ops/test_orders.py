@@ -140,7 +140,7 @@ async def test_requests_inside_the_scope_run_unattended_outside_wait(
     await ops.add_hosts(sshd_hosts, 1, prefix="db", labels={"role": "db"})
     await active_order(ops, order_body(tmp_path, trigger=None, action=None))
     inside = await ops.submit(targets="role=web", command=f"mkdir -p {tmp_path}/b", reason="r")
-    assert inside["status"] == "approved"
+    assert inside["status"] == "running"  # claimed by this process's worker as it was created
     assert inside["authorization"]["by"] == "standing_order"
     assert (await ops.wait(inside["id"]))["status"] == "succeeded"
     other_host = await ops.submit(targets="db-1", command=f"mkdir -p {tmp_path}/b", reason="r")
@@ -190,7 +190,7 @@ async def test_rate_limit_turns_extra_runs_into_approvals(
     for _ in range(3):
         task = await ops.submit(targets="web-1", command=f"mkdir -p {tmp_path}/a", reason="r")
         statuses.append(task["status"])
-    assert statuses == ["approved", "approved", "pending_approval"]
+    assert statuses == ["running", "running", "pending_approval"]
     assert "rate limit" in task["authorization"]["not_covered"]
 
 
@@ -359,7 +359,7 @@ async def test_the_rate_limit_holds_under_concurrent_requests(
     results = await asyncio.gather(
         *(ops.submit(targets="web-1", command=command, reason="r") for _ in range(5))
     )
-    assert sorted(r["status"] for r in results) == ["approved"] + ["pending_approval"] * 4
+    assert sorted(r["status"] for r in results) == ["pending_approval"] * 4 + ["running"]
 
 
 async def test_an_out_of_scope_run_does_not_pile_up(

@@ -47,7 +47,7 @@ async def test_tenant_rules_need_policy_write_and_are_audited(
     # the tenant's rule applies to tasks: it runs at once now
     await ops.add_hosts(sshd_hosts, 1)
     task = await ops.submit(targets="web-1", command="myctl status")
-    assert task["status"] == "approved"
+    assert task["status"] == "running"
     events = await audit_events(ops.client, ops.admin, "policy.rule.relaxed")
     assert events[0]["summary"]["rule"]["command"] == "myctl"
     listed = (await ops.client.get(RULES, headers=ops.alice)).json()

@@ -42,6 +42,7 @@ PLATFORM = "platform"
 TENANT = "tenant"
 PG_PLATFORM_SCHEMA = "it0"
 OUTBOX = "it0_outbox"
+AFTER_COMMIT = "it0_after_commit"
 
 log = logging.getLogger(__name__)
 Publisher = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -50,6 +51,12 @@ Publisher = Callable[[str, dict[str, Any]], Awaitable[Any]]
 def publish_after_commit(session: AsyncSession, topic: str, payload: dict[str, Any]) -> None:
     """Publish an event once ``session`` has committed (never when it rolls back)."""
     session.info.setdefault(OUTBOX, []).append((topic, payload))
+
+
+def call_after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once ``session`` has committed (never when it rolls back), before
+    the events are published. It must not block: start a task for anything longer."""
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
 
 
 _NAMING = {
@@ -175,8 +182,14 @@ class Database:
                 await session.commit()
             except BaseException:
                 session.info.pop(OUTBOX, None)
+                session.info.pop(AFTER_COMMIT, None)
                 await session.rollback()
                 raise
+            for callback in session.info.pop(AFTER_COMMIT, []):
+                try:
+                    callback()
+                except Exception:  # committed already: the caller's work stands
+                    log.exception("an after-commit callback failed")
             await self._publish(session.info.pop(OUTBOX, []))
 
     async def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:

@@ -312,9 +312,7 @@ def cluster_of(server: Server, clusters: Mapping[uuid.UUID, Cluster]) -> Cluster
     return clusters.get(server.cluster_id) if server.cluster_id is not None else None
 
 
-def _narrowed(
-    query: Select[Server], selector: Selector, clusters: Iterable[Cluster]
-) -> Select[Server]:
+def _narrowed(query: Select[Server, Cluster], selector: Selector) -> Select[Server, Cluster]:
     """Let the database drop what positive field requirements exclude; labels (inherited
     from clusters) and negations are matched in Python, which has the final word."""
     columns = {
@@ -322,16 +320,11 @@ def _narrowed(
         "name": Server.name,
         "kind": Server.kind,
         "status": Server.status,
+        "cluster": Cluster.name,
     }
     for req in selector.requirements:
-        if req.op not in ("=", "in") or req.key not in FIELD_KEYS:
-            continue
-        target = FIELD_KEYS[req.key]
-        if target == "cluster":
-            ids = [c.id for c in clusters if c.name in req.values]
-            query = query.where(Server.cluster_id.in_(ids))
-        else:
-            query = query.where(columns[target].in_(req.values))
+        if req.op in ("=", "in") and req.key in FIELD_KEYS:
+            query = query.where(columns[FIELD_KEYS[req.key]].in_(req.values))
     return query
 
 
@@ -357,21 +350,22 @@ async def resolve_page(
     """A page of selected servers ordered by name, after the name ``after``, and the cursor
     of the next page (None on the last one)."""
     selector = as_selector(selector)
-    clusters = await clusters_by_id(session)
-    query = _narrowed(select(Server), selector, clusters.values()).order_by(Server.name)
+    # each server with its cluster, in one query: labels are inherited from the cluster
+    joined = select(Server, Cluster).outerjoin(Cluster, Server.cluster_id == Cluster.id)
+    query = _narrowed(joined, selector).order_by(Server.name)
     batch = None if limit is None else max(limit + 1, 200)
     found: list[Server] = []
     while limit is None or len(found) <= limit:
         page = query.where(Server.name > after) if after is not None else query
-        rows = list((await session.scalars(page.limit(batch))).all())
-        for server in rows:
-            if server_matches(selector, server, cluster_of(server, clusters)):
+        rows = list((await session.execute(page.limit(batch))).all())
+        for server, cluster in rows:
+            if server_matches(selector, server, cluster):
                 found.append(server)
                 if limit is not None and len(found) > limit:
                     break
         if batch is None or len(rows) < batch:
             break
-        after = rows[-1].name
+        after = rows[-1][0].name
     if limit is not None and len(found) > limit:
         found = found[:limit]
         return found, found[-1].name

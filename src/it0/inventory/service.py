@@ -42,6 +42,9 @@ class Recorder(Protocol):
     """Writes audit events into ``session``'s transaction (``it0.auth.deps.AuditLog``)."""
 
     @property
+    def platform(self) -> Platform: ...
+
+    @property
     def session(self) -> AsyncSession: ...
 
     @property

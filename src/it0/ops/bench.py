@@ -73,7 +73,7 @@ async def _measure(
     data: Path,
     database_url: str | None,
 ) -> dict[str, Any]:
-    from it0.app import create_app
+    from it0.app import create_app, freeze_startup_heap
     from it0.audit import install_audit_guard
     from it0.auth.bootstrap import bootstrap
     from it0.core.settings import Settings
@@ -113,6 +113,7 @@ async def _measure(
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             headers = await _setup(client, servers, private, n)
+            freeze_startup_heap()  # as the server does once it has started
 
             async def oversight_round() -> int:
                 response = await client.post(
@@ -128,18 +129,23 @@ async def _measure(
 
             _say("oversight path: a first round pins the host keys")
             errors = await oversight_round()
-            path_cold, path_warm = [], []
-            for index in range(rounds):
-                _say(f"oversight path round {index + 1}/{rounds}: cold, then warm")
-                stale, p.executor = p.executor, _fleet(n)  # no open connections
-                await stale.close()
-                started = time.perf_counter()
-                errors += await oversight_round()
-                path_cold.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                errors += await oversight_round()
-                path_warm.append(time.perf_counter() - started)
-        bare_cold, bare_warm, bare_errors = await _bare(servers, private, command, rounds)
+            path_cold, path_warm, bare_cold, bare_warm = [], [], [], []
+            async with _Bare(servers, private, command) as bare:
+                # the two sides alternate round by round, so both meet the same machine
+                for index in range(rounds):
+                    _say(f"round {index + 1}/{rounds}: path cold and warm, bare cold and warm")
+                    stale, p.executor = p.executor, _fleet(n)  # no open connections
+                    await stale.close()
+                    started = time.perf_counter()
+                    errors += await oversight_round()
+                    path_cold.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    errors += await oversight_round()
+                    path_warm.append(time.perf_counter() - started)
+                    cold, warm = await bare.round()
+                    bare_cold.append(cold)
+                    bare_warm.append(warm)
+                errors += bare.errors
     finally:
         await runner.close()
         await p.close()
@@ -149,7 +155,7 @@ async def _measure(
         "path_warm": path_warm,
         "bare_cold": bare_cold,
         "bare_warm": bare_warm,
-        "errors": errors + bare_errors,
+        "errors": errors,
     }
 
 
@@ -194,49 +200,53 @@ def _fleet(n: int) -> FleetExecutor:
     return FleetExecutor(pool=ConnectionPool(max_concurrency=n, connect_timeout=60))
 
 
-async def _bare(
-    servers: list[SshdServer], private: str, command: str, rounds: int
-) -> tuple[list[float], list[float], int]:
+class _Bare:
     """``fan_out`` on the same hosts: cold (a fresh pool per round) and warm (open pool)."""
-    targets = [
-        HostTarget(
-            f"bare-{i}",
-            f"bare{i}",
-            s.host,
-            s.port,
-            getpass.getuser(),
-            private_key=private,
-            known_host_key=s.host_key,
-        )
-        for i, s in enumerate(servers)
-    ]
-    n = len(targets)
-    cold, warm, errors = [], [], 0
-    pooled = _fleet(n)
-    try:
-        await fan_out(pooled, targets, command, concurrency=n)  # opens the connections
-        for index in range(rounds):
-            _say(f"bare executor round {index + 1}/{rounds}: cold, then warm")
-            fresh = _fleet(n)
-            try:
-                started = time.perf_counter()
-                outcome = await fan_out(fresh, targets, command, concurrency=n)
-                cold.append(time.perf_counter() - started)
-                errors += n - outcome.ok
-            finally:
-                await fresh.close()
-            started = time.perf_counter()
-            outcome = await fan_out(pooled, targets, command, concurrency=n)
-            warm.append(time.perf_counter() - started)
-            errors += n - outcome.ok
-        return cold, warm, errors
-    finally:
-        await pooled.close()
+
+    def __init__(self, servers: list[SshdServer], private: str, command: str) -> None:
+        self.targets = [
+            HostTarget(
+                f"bare-{i}",
+                f"bare{i}",
+                s.host,
+                s.port,
+                getpass.getuser(),
+                private_key=private,
+                known_host_key=s.host_key,
+            )
+            for i, s in enumerate(servers)
+        ]
+        self.command = command
+        self.pooled = _fleet(len(self.targets))
+        self.errors = 0
+
+    async def __aenter__(self) -> _Bare:
+        await self._run(self.pooled)  # opens the connections
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.pooled.close()
+
+    async def round(self) -> tuple[float, float]:
+        fresh = _fleet(len(self.targets))
+        try:
+            cold = await self._run(fresh)
+        finally:
+            await fresh.close()
+        return cold, await self._run(self.pooled)
+
+    async def _run(self, executor: FleetExecutor) -> float:
+        n = len(self.targets)
+        started = time.perf_counter()
+        outcome = await fan_out(executor, self.targets, self.command, concurrency=n)
+        elapsed = time.perf_counter() - started
+        self.errors += n - outcome.ok
+        return elapsed
 
 
 def oversight(
     hosts: Annotated[int, typer.Option(min=1, max=1000, help="sshd processes to start")] = 50,
-    rounds: Annotated[int, typer.Option(min=1, help="rounds per runner (median)")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds of each side (median)")] = 9,
     command: Annotated[str, typer.Option(help="read-only command run on every host")] = "uptime",
     seconds: Annotated[float, typer.Option(help="classification measuring time")] = 3.0,
     postgres_url: Annotated[

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import Actor, AuditContext
@@ -33,12 +33,12 @@ from it0.auth.errors import UnknownTenant
 from it0.auth.tokens import TenantRef, find_tenant
 from it0.core.bus import Message
 from it0.core.clock import utcnow, uuid7
-from it0.core.db import publish_after_commit
+from it0.core.db import call_after_commit, publish_after_commit
 from it0.execution import ExecutionError, HostTarget, RunResult, Stream, Unreachable
 from it0.inventory.models import Server
 from it0.inventory.reach import pin_host_key, targets_for
 from it0.inventory.selectors import parse_selector, resolve
-from it0.inventory.service import TenantRecorder
+from it0.inventory.service import Recorder, TenantRecorder
 from it0.ops.models import Approval, StandingOrder, Task, TaskHost, TaskOutput
 from it0.ops.tasks import TASK_FINISHED, TASK_READY, payload_hash, server_binding
 from it0.platform import Platform
@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 TASKS_GROUP = "tasks"
 EXEMPT = {"it0_audit_exempt": True}
 DONE_HOST = frozenset({"ok", "failed", "unreachable"})
+
+
+# Host rows and output go through Core statements: ORM bulk statements cost about twice the
+# time on the task's critical path, and these rows have no behaviour to load.
+_HOSTS: Any = TaskHost.__table__
+_OUTPUT: Any = TaskOutput.__table__
+_UPDATE_HOST = update(_HOSTS).where(_HOSTS.c.id == bindparam("row_id"))
 
 
 def worker_identity() -> str:
@@ -127,6 +134,7 @@ class TaskRunner:
 
     def subscribe(self) -> None:
         self.p.bus.subscribe(TASK_READY, TASKS_GROUP, self.on_ready)
+        self.p.task_starter = self
 
     async def on_ready(self, message: Message) -> None:
         """Claim here (quick), run in the background: one long task must not hold the queue."""
@@ -151,16 +159,42 @@ class TaskRunner:
         if plan is not None and self.closed:
             await self._unclaim(tenant, plan)
         elif plan is not None:
-            job = asyncio.create_task(self._execute(tenant, plan), name=f"task:{tid}")
-            self.running[tid] = job
-            job.add_done_callback(lambda _: self.running.pop(tid, None))
+            self._launch(tenant, plan)
 
-    async def _tenant(self, slug: str) -> TenantRef:
+    async def start_now(self, audit: Recorder, task: Task, servers: list[Server]) -> bool:
+        """Claim ``task``, authorized in ``audit``'s open transaction, in that same transaction;
+        it runs here as soon as the transaction commits (nothing runs if it rolls back).
+
+        This spares a task authorized where it is created (read-only, or inside a standing
+        order) a second transaction and a trip through the queue. False when stopping: the
+        caller queues the task instead.
+        """
+        if self.closed:
+            return False
+        session = audit.session
+        tenant = await self._tenant(audit.tenant_pair[0], session)
+        recorder = TenantRecorder(self.p, session, tenant.pair, self.ctx)
+        plan = await self._plan(recorder, tenant, task, servers)
+        await self._take(recorder, task, plan, utcnow())
+        call_after_commit(session, lambda: self._launch(tenant, plan))
+        return True
+
+    def _launch(self, tenant: TenantRef, plan: Plan) -> None:
+        if self.closed:  # stopped between claim and start: give it back untouched
+            job = asyncio.create_task(self._unclaim(tenant, plan), name=f"unclaim:{plan.task_id}")
+        else:
+            job = asyncio.create_task(self._execute(tenant, plan), name=f"task:{plan.task_id}")
+        self.running[plan.task_id] = job
+        job.add_done_callback(lambda _: self.running.pop(plan.task_id, None))
+
+    async def _tenant(self, slug: str, session: AsyncSession | None = None) -> TenantRef:
         """Tenants are looked up once per process: a slug never changes its schema."""
         tenant = self._tenants.get(slug)
-        if tenant is None:
-            async with self.p.db.session() as session:
-                tenant = self._tenants[slug] = await find_tenant(session, slug)
+        if tenant is None and session is not None:
+            tenant = self._tenants[slug] = await find_tenant(session, slug)
+        elif tenant is None:
+            async with self.p.db.session() as own:
+                tenant = self._tenants[slug] = await find_tenant(own, slug)
         return tenant
 
     async def run(self, tenant: TenantRef, task_id: uuid.UUID) -> bool:
@@ -175,6 +209,8 @@ class TaskRunner:
         """Stop running tasks: their remote commands are killed and the tasks are released
         for the sweep, which marks them interrupted."""
         self.closed = True
+        if self.p.task_starter is self:
+            self.p.task_starter = None
         for _ in range(1000):  # a claim in progress ends in a moment
             if not self._claiming:
                 break
@@ -213,44 +249,47 @@ class TaskRunner:
                 publish_after_commit(session, TASK_FINISHED, _finished(tenant, task))
                 return None
             plan = await self._plan(audit, tenant, task, servers)
-            await session.execute(  # one executemany: this is on every task's critical path
-                insert(TaskHost),
-                [
-                    {
-                        "id": h.row_id,
-                        "task_id": task.id,
-                        "server_id": h.server_id,
-                        "server_name": h.name,
-                        "batch": h.batch,
-                        "status": "pending",
-                        "steps": [],
-                        "stdout": "",
-                        "stderr": "",
-                        "truncated": False,
-                    }
-                    for h in plan.hosts
-                ],
-            )
-            task.status, task.started_at = "running", now
-            task.worker_id = self.worker_id
-            task.lease_until = now + timedelta(seconds=self.p.settings.task_lease_seconds)
-            await session.flush()
-            await audit.record(
-                "task.started",
-                "task",
-                task.id,
-                {
-                    "worker": self.worker_id,
-                    "hosts": len(plan.hosts),
-                    "batches": 1 + max((h.batch for h in plan.hosts), default=0),
-                    "payload_hash": task.payload_hash,
-                    "authorization": task.authorization,
-                },
-            )
-            session.add(
-                TaskOutput(task_id=task.id, kind="status", data={"status": "running"}, at=now)
-            )
+            await self._take(audit, task, plan, now)
         return plan
+
+    async def _take(self, audit: TenantRecorder, task: Task, plan: Plan, now: datetime) -> None:
+        """Make ``task`` this worker's, running, with a pending row per host (in the caller's
+        transaction: nothing may run before it commits)."""
+        session = audit.session
+        await session.execute(  # one executemany: this is on every task's critical path
+            insert(_HOSTS),
+            [
+                {
+                    "id": h.row_id,
+                    "task_id": task.id,
+                    "server_id": h.server_id,
+                    "server_name": h.name,
+                    "batch": h.batch,
+                    "status": "pending",
+                    "steps": [],
+                    "stdout": "",
+                    "stderr": "",
+                    "truncated": False,
+                }
+                for h in plan.hosts
+            ],
+        )
+        task.status, task.started_at = "running", now
+        task.worker_id = self.worker_id
+        task.lease_until = now + timedelta(seconds=self.p.settings.task_lease_seconds)
+        await audit.record(  # flushed with the commit, with the task's new state
+            "task.started",
+            "task",
+            task.id,
+            {
+                "worker": self.worker_id,
+                "hosts": len(plan.hosts),
+                "batches": 1 + max((h.batch for h in plan.hosts), default=0),
+                "payload_hash": task.payload_hash,
+                "authorization": task.authorization,
+            },
+        )
+        session.add(TaskOutput(task_id=task.id, kind="status", data={"status": "running"}, at=now))
 
     async def _fail_claim(self, tenant: TenantRef, task_id: uuid.UUID, exc: Exception) -> None:
         with contextlib.suppress(Exception):  # the database may be what failed
@@ -435,11 +474,23 @@ class TaskRunner:
             audit = TenantRecorder(self.p, session, tenant.pair, self.ctx)
             task = await session.get(Task, plan.task_id, with_for_update=True)
             assert task is not None
+            late = task.status != "running" or task.worker_id != self.worker_id
+            if cancelled:
+                status = "cancelled"
+            elif counts.get("ok", 0) == len(plan.hosts):
+                status = "succeeded"
+            else:
+                status = "failed"
+            stop = next((o.error for o in outcomes.values() if o.status == "skipped"), None)
+            message = stop or ("cancelled while running" if cancelled else None)
             rows = live.drain()
+            if not late:  # the stream's last event, in the same one insert as the output
+                done = {"status": status, "counts": counts, "message": message}
+                rows.append({"task_id": task.id, "kind": "status", "data": done, "at": now})
             if rows:
-                await session.execute(insert(TaskOutput), rows)
+                await session.execute(insert(_OUTPUT), rows)
             await _store_hosts(session, plan, outcomes)
-            if task.status != "running" or task.worker_id != self.worker_id:
+            if late:
                 # interrupted meanwhile (this worker lost its lease): keep that verdict
                 await audit.record(
                     "task.finished_late",
@@ -453,16 +504,9 @@ class TaskRunner:
                 )
                 return
             await _pin_new_keys(audit, plan, outcomes)
-            if cancelled:
-                status = "cancelled"
-            elif counts.get("ok", 0) == len(plan.hosts):
-                status = "succeeded"
-            else:
-                status = "failed"
-            stop = next((o.error for o in outcomes.values() if o.status == "skipped"), None)
             task.status, task.finished_at, task.counts = status, now, counts
             task.lease_until = None
-            task.message = stop or ("cancelled while running" if cancelled else None)
+            task.message = message
             await session.flush()
             await audit.record(
                 "task.finished",
@@ -474,14 +518,6 @@ class TaskRunner:
                     "hosts": {h.name: outcomes[h.server_id].status for h in plan.hosts},
                     **({"message": task.message} if task.message else {}),
                 },
-            )
-            session.add(
-                TaskOutput(
-                    task_id=task.id,
-                    kind="status",
-                    data={"status": status, "counts": counts, "message": task.message},
-                    at=now,
-                )
             )
             if task.standing_order_id is not None:
                 await _order_outcome(audit, task, status)
@@ -588,12 +624,12 @@ class LiveWriter:
         renewed = False
         async with self.p.db.session(self.tenant.schema, write=True) as session:
             if rows or hosts:
-                await session.execute(insert(TaskOutput), self._rows(rows, hosts))
+                await session.execute(insert(_OUTPUT), self._rows(rows, hosts))
             if hosts:
                 await session.execute(
-                    update(TaskHost),
+                    _UPDATE_HOST,
                     [
-                        {"id": plan.row_id, "status": o.status, "started_at": o.started_at}
+                        {"row_id": plan.row_id, "status": o.status, "started_at": o.started_at}
                         for plan, o in hosts.values()
                     ],
                     execution_options=EXEMPT,
@@ -722,10 +758,10 @@ async def _store_hosts(
 ) -> None:
     """One executemany for all hosts (the final store is on the task's critical path)."""
     await session.execute(
-        update(TaskHost),
+        _UPDATE_HOST,
         [
             {
-                "id": host.row_id,
+                "row_id": host.row_id,
                 "status": o.status,
                 "exit_status": o.exit_status,
                 "error": o.error,

@@ -227,7 +227,7 @@ async def submit(
     if risk == Risk.READ_ONLY:
         _authorize(task, {"by": "policy", "risk": risk.value}, now)
         await audit.record("task.created", "task", task.id, {**summary, "authorized_by": "policy"})
-        publish_after_commit(session, TASK_READY, _ready(audit, task))
+        await _start(audit, task, servers)
         return task, None
     coverage = await authorize_by_order(
         session, steps, servers, risk, now, sudo=body.sudo, only=standing_order_id
@@ -242,7 +242,7 @@ async def submit(
             task.id,
             {**summary, "authorized_by": coverage.describe()},
         )
-        publish_after_commit(session, TASK_READY, _ready(audit, task))
+        await _start(audit, task, servers)
         return task, None
     task.standing_order_id = standing_order_id  # an order's own run that needs a person
     if coverage.note:
@@ -287,6 +287,13 @@ def _authorize(task: Task, authorization: dict[str, Any], now: datetime) -> None
     task.authorization = authorization
     task.authorized_by = authorization["by"]
     task.approved_at = now
+
+
+async def _start(audit: Recorder, task: Task, servers: list[Server]) -> None:
+    """An authorized task starts in this process when it runs a worker, else it is queued."""
+    starter = audit.platform.task_starter
+    if starter is None or not await starter.start_now(audit, task, servers):
+        queue(audit, task)
 
 
 def _ready(audit: Recorder, task: Task) -> dict[str, Any]:
