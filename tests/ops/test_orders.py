@@ -4,12 +4,21 @@ requests outside it, rate limit, missed runs after downtime, auto-pause, event t
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import text
+
+from it0.audit import Actor, AuditContext
+from it0.auth.tokens import find_tenant
 from it0.core.clock import utcnow
+from it0.inventory.service import TenantRecorder
+from it0.ops.models import StandingOrder
 from it0.ops.scheduler import Scheduler
+from it0.platform import Platform
 from tests.auth.helpers import audit_events, code_of, member_headers
 from tests.execution.conftest import StartHosts
 from tests.ops.conftest import ORDERS, TASKS, Ops
@@ -192,6 +201,55 @@ async def test_rate_limit_turns_extra_runs_into_approvals(
         statuses.append(task["status"])
     assert statuses == ["running", "running", "pending_approval"]
     assert "rate limit" in task["authorization"]["not_covered"]
+
+
+async def _until_a_lock_waits(p: Platform) -> None:
+    """Until some transaction waits for a lock (PostgreSQL); SQLite's writers queue at
+    BEGIN, so there a moment suffices."""
+    if p.db.engine.dialect.name != "postgresql":
+        await asyncio.sleep(0.3)
+        return
+    async with p.db.engine.connect() as conn:
+        for _ in range(200):
+            waiting = await conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the run's final store never waited for the order")
+
+
+async def test_a_run_finishing_while_a_request_holds_its_order_does_not_deadlock(
+    ops: Ops, sshd_hosts: StartHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request counting an order's runs locks the order, then writes audit; a run of that
+    order finishing at the same moment must lock in the same order (the other way round,
+    PostgreSQL found the two waiting on each other)."""
+    await ops.add_hosts(sshd_hosts, 1, labels={"role": "web"})
+    order = await active_order(ops, order_body(tmp_path, trigger=None, action=None))
+    p = ops.platform
+    gate = asyncio.Event()
+    run_on = p.executor.run_on
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        result = await run_on(*args, **kwargs)
+        await gate.wait()
+        return result
+
+    monkeypatch.setattr(p.executor, "run_on", held)
+    task = await ops.submit(targets="web-1", command=f"mkdir -p {tmp_path}/a", reason="r")
+    assert task["status"] == "running"
+    async with p.db.session() as session:
+        tenant = await find_tenant(session, "default")
+    async with p.db.session(tenant.schema, write=True) as session:
+        await session.get(StandingOrder, uuid.UUID(order["id"]), with_for_update=True)
+        gate.set()  # the run ends and stores its result meanwhile
+        await _until_a_lock_waits(p)
+        audit = TenantRecorder(p, session, tenant.pair, AuditContext(Actor.system("test")))
+        await audit.record("order.inspected", "standing_order", order["id"], {})
+    done = await ops.wait(task["id"])
+    assert done["status"] == "succeeded", done
+    runs = await audit_events(ops.client, ops.admin, "order.run")
+    assert [r["summary"]["task_id"] for r in runs] == [task["id"]]
 
 
 async def test_missed_ticks_after_downtime_skip(

@@ -39,6 +39,7 @@ from typing import Literal
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from it0.inventory.errors import SelectorError
 from it0.inventory.models import Cluster, Server
@@ -334,9 +335,13 @@ def as_selector(selector: Selector | str | None) -> Selector:
     return selector if isinstance(selector, Selector) else parse_selector(selector)
 
 
-async def resolve(session: AsyncSession, selector: Selector | str) -> list[Server]:
-    """The tenant's servers the selector selects, by name."""
-    servers, _ = await resolve_page(session, selector)
+async def resolve(
+    session: AsyncSession, selector: Selector | str, *, facts: bool = True
+) -> list[Server]:
+    """The tenant's servers the selector selects, by name; ``facts=False`` leaves each
+    server's gathered facts unloaded (reading them then raises), for callers that only
+    need where and how to reach the servers."""
+    servers, _ = await resolve_page(session, selector, facts=facts)
     return servers
 
 
@@ -346,12 +351,15 @@ async def resolve_page(
     *,
     limit: int | None = None,
     after: str | None = None,
+    facts: bool = True,
 ) -> tuple[list[Server], str | None]:
     """A page of selected servers ordered by name, after the name ``after``, and the cursor
     of the next page (None on the last one)."""
     selector = as_selector(selector)
     # each server with its cluster, in one query: labels are inherited from the cluster
     joined = select(Server, Cluster).outerjoin(Cluster, Server.cluster_id == Cluster.id)
+    if not facts:
+        joined = joined.options(defer(Server.facts, raiseload=True))
     query = _narrowed(joined, selector).order_by(Server.name)
     batch = None if limit is None else max(limit + 1, 200)
     found: list[Server] = []

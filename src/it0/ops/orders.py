@@ -462,7 +462,8 @@ async def authorize_by_order(
     for order in (await session.scalars(query.order_by(StandingOrder.number))).all():
         if not _commands_in_scope(order, steps):
             continue
-        in_scope = {s.id for s in await resolve(session, parse_selector(order.scope["targets"]))}
+        scope = await resolve(session, parse_selector(order.scope["targets"]), facts=False)
+        in_scope = {s.id for s in scope}
         if not wanted <= in_scope:
             notes.append(f"order #{order.number}: hosts outside its targets")
             continue

@@ -233,9 +233,8 @@ class TaskRunner:
             refusal = await _refusal(session, task, now)
             servers: list[Server] = []
             if refusal is None:
-                servers = sorted(
-                    await resolve(session, parse_selector(task.selector)), key=lambda s: s.name
-                )
+                selected = await resolve(session, parse_selector(task.selector), facts=False)
+                servers = sorted(selected, key=lambda s: s.name)
                 approved = task.payload["server_ids"]
                 now_ids = sorted(str(s.id) for s in servers)
                 if now_ids != approved:
@@ -246,7 +245,8 @@ class TaskRunner:
                 task.status, task.finished_at, task.message = "failed", now, refusal[0]
                 await session.flush()
                 await audit.record("task.refused", "task", task.id, refusal[1])
-                publish_after_commit(session, TASK_FINISHED, _finished(tenant, task))
+                finished = _finished(tenant, task.id, task.status)
+                publish_after_commit(session, TASK_FINISHED, finished)
                 return None
             plan = await self._plan(audit, tenant, task, servers)
             await self._take(audit, task, plan, now)
@@ -256,6 +256,10 @@ class TaskRunner:
         """Make ``task`` this worker's, running, with a pending row per host (in the caller's
         transaction: nothing may run before it commits)."""
         session = audit.session
+        task.status, task.started_at = "running", now
+        task.worker_id = self.worker_id
+        task.lease_until = now + timedelta(seconds=self.p.settings.task_lease_seconds)
+        await session.flush()  # the task's row (a new one is inserted as running) before its hosts
         await session.execute(  # one executemany: this is on every task's critical path
             insert(_HOSTS),
             [
@@ -274,10 +278,7 @@ class TaskRunner:
                 for h in plan.hosts
             ],
         )
-        task.status, task.started_at = "running", now
-        task.worker_id = self.worker_id
-        task.lease_until = now + timedelta(seconds=self.p.settings.task_lease_seconds)
-        await audit.record(  # flushed with the commit, with the task's new state
+        await audit.record(  # flushed with the commit
             "task.started",
             "task",
             task.id,
@@ -470,58 +471,72 @@ class TaskRunner:
                     stderr=outcome.stderr if outcome else "",
                 )
         counts = _count(outcomes.values())
+        if cancelled:
+            status = "cancelled"
+        elif counts.get("ok", 0) == len(plan.hosts):
+            status = "succeeded"
+        else:
+            status = "failed"
+        stop = next((o.error for o in outcomes.values() if o.status == "skipped"), None)
+        message = stop or ("cancelled while running" if cancelled else None)
         async with self.p.db.session(tenant.schema, write=True) as session:
             audit = TenantRecorder(self.p, session, tenant.pair, self.ctx)
-            task = await session.get(Task, plan.task_id, with_for_update=True)
-            assert task is not None
-            late = task.status != "running" or task.worker_id != self.worker_id
-            if cancelled:
-                status = "cancelled"
-            elif counts.get("ok", 0) == len(plan.hosts):
-                status = "succeeded"
-            else:
-                status = "failed"
-            stop = next((o.error for o in outcomes.values() if o.status == "skipped"), None)
-            message = stop or ("cancelled while running" if cancelled else None)
+            # the verdict, only while the task is still this worker's (one statement)
+            verdict = (
+                await session.execute(
+                    update(Task)
+                    .where(
+                        Task.id == plan.task_id,
+                        Task.status == "running",
+                        Task.worker_id == self.worker_id,
+                    )
+                    .values(
+                        status=status,
+                        finished_at=now,
+                        counts=counts,
+                        lease_until=None,
+                        message=message,
+                    )
+                    .returning(Task.standing_order_id, Task.authorization),
+                    execution_options={"synchronize_session": False},
+                )
+            ).first()
             rows = live.drain()
-            if not late:  # the stream's last event, in the same one insert as the output
+            if verdict is not None:  # the stream's last event, in the same insert as the output
                 done = {"status": status, "counts": counts, "message": message}
-                rows.append({"task_id": task.id, "kind": "status", "data": done, "at": now})
+                rows.append({"task_id": plan.task_id, "kind": "status", "data": done, "at": now})
             if rows:
                 await session.execute(insert(_OUTPUT), rows)
             await _store_hosts(session, plan, outcomes)
-            if late:
+            if verdict is None:
                 # interrupted meanwhile (this worker lost its lease): keep that verdict
+                kept = await session.scalar(select(Task.status).where(Task.id == plan.task_id))
                 await audit.record(
                     "task.finished_late",
                     "task",
-                    task.id,
-                    {
-                        "status": task.status,
-                        "worker": self.worker_id,
-                        "counts": _count(outcomes.values()),
-                    },
+                    plan.task_id,
+                    {"status": kept, "worker": self.worker_id, "counts": counts},
                 )
                 return
+            order_id, authorization = verdict
+            order = None  # row locks before the audit chain's lock, as everywhere: no deadlock
+            if order_id is not None and authorization.get("by") == "standing_order":
+                order = await session.get(StandingOrder, order_id, with_for_update=True)
             await _pin_new_keys(audit, plan, outcomes)
-            task.status, task.finished_at, task.counts = status, now, counts
-            task.lease_until = None
-            task.message = message
-            await session.flush()
             await audit.record(
                 "task.finished",
                 "task",
-                task.id,
+                plan.task_id,
                 {
                     "status": status,
                     "counts": counts,
                     "hosts": {h.name: outcomes[h.server_id].status for h in plan.hosts},
-                    **({"message": task.message} if task.message else {}),
+                    **({"message": message} if message else {}),
                 },
             )
-            if task.standing_order_id is not None:
-                await _order_outcome(audit, task, status)
-            publish_after_commit(session, TASK_FINISHED, _finished(tenant, task))
+            if order is not None:
+                await _order_outcome(audit, plan.task_id, order, status)
+            publish_after_commit(session, TASK_FINISHED, _finished(tenant, plan.task_id, status))
 
 
 # --- live output, lease, cancellation -------------------------------------------------------
@@ -791,11 +806,11 @@ async def _pin_new_keys(
             await pin_host_key(audit, server, key, source="first use")
 
 
-async def _order_outcome(audit: TenantRecorder, task: Task, status: str) -> None:
-    """Count consecutive failures of a standing order's runs; pause it at its limit."""
-    order = await audit.session.get(StandingOrder, task.standing_order_id, with_for_update=True)
-    if order is None or task.authorization.get("by") != "standing_order":
-        return
+async def _order_outcome(
+    audit: TenantRecorder, task_id: uuid.UUID, order: StandingOrder, status: str
+) -> None:
+    """Count consecutive failures of a standing order's runs (``order`` is locked); pause
+    it at its limit."""
     if status == "succeeded":
         order.consecutive_failures = 0
     else:
@@ -810,7 +825,7 @@ async def _order_outcome(audit: TenantRecorder, task: Task, status: str) -> None
         "standing_order",
         order.id,
         {
-            "task_id": str(task.id),
+            "task_id": str(task_id),
             "status": status,
             "consecutive_failures": order.consecutive_failures,
             **({"paused": order.status_reason} if paused else {}),
@@ -818,8 +833,8 @@ async def _order_outcome(audit: TenantRecorder, task: Task, status: str) -> None
     )
 
 
-def _finished(tenant: TenantRef, task: Task) -> dict[str, Any]:
-    return {"tenant": tenant.slug, "task_id": str(task.id), "status": task.status}
+def _finished(tenant: TenantRef, task_id: uuid.UUID, status: str) -> dict[str, Any]:
+    return {"tenant": tenant.slug, "task_id": str(task_id), "status": status}
 
 
 # --- crash safety ---------------------------------------------------------------------------

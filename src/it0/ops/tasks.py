@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from it0.audit import Actor
 from it0.audit.chain import canonical_json
 from it0.auth.tokens import Principal
-from it0.core.clock import utcnow
+from it0.core.clock import utcnow, uuid7
 from it0.core.db import publish_after_commit
 from it0.inventory.models import Server
 from it0.inventory.selectors import parse_selector, resolve
@@ -163,7 +163,7 @@ async def classify_steps(
 
 
 async def resolve_targets(session: AsyncSession, targets: str) -> list[Server]:
-    servers = await resolve(session, parse_selector(targets))
+    servers = await resolve(session, parse_selector(targets), facts=False)
     if not servers:
         raise NoTargets(
             f"no server matches {targets!r}", details={"field": "targets", "targets": targets}
@@ -202,6 +202,7 @@ async def submit(
         rollout=body.rollout,
     )
     task = Task(
+        id=uuid7(),
         kind=kind,
         payload=payload,
         payload_hash=payload_hash(payload),
@@ -222,13 +223,13 @@ async def submit(
         created_at=now,
     )
     session.add(task)
-    await session.flush()
     summary = _task_summary(task)
-    if risk == Risk.READ_ONLY:
+    if risk == Risk.READ_ONLY:  # inserted once, in the state it starts in (one statement)
         _authorize(task, {"by": "policy", "risk": risk.value}, now)
         await audit.record("task.created", "task", task.id, {**summary, "authorized_by": "policy"})
         await _start(audit, task, servers)
         return task, None
+    await session.flush()
     coverage = await authorize_by_order(
         session, steps, servers, risk, now, sudo=body.sudo, only=standing_order_id
     )
