@@ -4,18 +4,22 @@ through the queue, and nothing runs unless that transaction commits."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from it0.audit import Actor, AuditContext
 from it0.auth.tokens import TenantRef, find_tenant
 from it0.core.bus import Message
+from it0.core.clock import utcnow
 from it0.inventory.service import TenantRecorder
 from it0.ops.models import Task
-from it0.ops.runner import TaskRunner
+from it0.ops.runner import TaskRunner, sweep
 from it0.ops.schemas import TaskCreate
 from it0.ops.tasks import TASK_READY, Requester, submit
 from it0.platform import Platform
@@ -135,4 +139,41 @@ async def test_a_worker_stopping_before_the_commit_gives_the_task_back(
         "task.created",
         "task.started",
         "task.released",
+    ]
+
+
+async def test_a_worker_that_lost_its_task_keeps_the_sweeps_verdict(
+    ops: Ops, sshd_hosts: StartHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease lapsed while the host ran (the sweep declared it interrupted): the worker's
+    late result is stored and audited, but the verdict stays the sweep's."""
+    await ops.add_hosts(sshd_hosts, 1)
+    p = ops.platform
+    held = asyncio.Event()  # never set: the host's result waits until the worker gives up
+    run_on = p.executor.run_on
+
+    async def holding(*args: Any, **kwargs: Any) -> Any:
+        result = await run_on(*args, **kwargs)
+        await held.wait()
+        return result
+
+    monkeypatch.setattr(p.executor, "run_on", holding)
+    task = await ops.submit(targets="web-1", command="echo late")
+    assert task["status"] == "running"
+    later = utcnow() + timedelta(hours=1)
+    scheduler = AuditContext(Actor.system("scheduler"))
+    assert await sweep(p, await tenant_of(p), later, scheduler) == 1
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not (late := await audit_events(ops.client, ops.admin, "task.finished_late")):
+        assert loop.time() < deadline, "the worker never noticed it lost the task"
+        await asyncio.sleep(0.05)
+    assert late[0]["resource_id"] == task["id"]
+    assert late[0]["summary"]["status"] == "interrupted"
+    assert (await ops.task(task["id"]))["status"] == "interrupted"
+    assert [a for a, _ in await trail(ops, task["id"])] == [
+        "task.created",
+        "task.started",
+        "task.interrupted",
+        "task.finished_late",
     ]
