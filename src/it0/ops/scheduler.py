@@ -204,17 +204,30 @@ class Scheduler:
             return
         now = self.clock()
         async with self.p.db.session(tenant.schema, write=True) as session:
+            active = select(StandingOrder).where(
+                StandingOrder.status == "active", StandingOrder.expires_at > now
+            )
+            matching = [
+                order.id
+                for order in (await session.scalars(active)).all()
+                if _event_matches(order.trigger, message.topic, labels)
+            ]
+            if not matching:
+                return
+            # every matching order locked before the first audit event (which takes the
+            # chain's lock), in one order: a request holding one of them cannot deadlock us
             orders = (
                 await session.scalars(
-                    select(StandingOrder).where(
-                        StandingOrder.status == "active", StandingOrder.expires_at > now
-                    )
+                    active.where(StandingOrder.id.in_(matching))
+                    .order_by(StandingOrder.number)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)  # as they are once locked
                 )
             ).all()
             audit = TenantRecorder(self.p, session, tenant.pair, SCHEDULER)
             for order in orders:
                 if not _event_matches(order.trigger, message.topic, labels):
-                    continue
+                    continue  # changed meanwhile
                 try:  # fire() fails, if at all, before it writes anything
                     await fire(
                         audit,
