@@ -43,6 +43,7 @@ PERMISSIONS = ("voice:use", "agent:use")
 # WebSocket close codes (4000-4999 are the application's)
 CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_GONE, CLOSE_CONNECTED = 4401, 4403, 4404, 4409
 CLOSE_ENDED, CLOSE_DEAD = 4000, 4408
+PIPELINE_STOP_SECS = 5.0  # how long a cancelled pipeline may take to wind down
 
 Speech = Callable[[], "tuple[FrameProcessor, FrameProcessor]"]
 
@@ -344,7 +345,8 @@ class Connection:
                 await asyncio.wait(self._asking, timeout=10)
             for task in [*tasks[1:], closed, *self._asking]:
                 task.cancel()
-            await asyncio.gather(*tasks, closed, return_exceptions=True)
+            await asyncio.gather(*tasks[1:], closed, return_exceptions=True)
+            await stop_pipeline(tasks[0], PIPELINE_STOP_SECS)
             await self._close_socket(1000)
 
     async def stop(self, ended: str | None = None) -> None:
@@ -543,3 +545,21 @@ def default_speech(p: Platform) -> Speech:
         return stt, tts
 
     return build
+
+
+async def stop_pipeline(pipeline: asyncio.Task[Any], limit: float) -> bool:
+    """Wait up to ``limit`` for a pipeline that was asked to cancel to wind down, then cancel
+    its task and wait as long again: a processor that never passes the cancel on must not
+    keep the connection, and the server's shutdown, waiting forever. False if it is still
+    running after that (it is left behind, logged)."""
+    done, _ = await asyncio.wait({pipeline}, timeout=limit)
+    if not done:
+        log.warning("voice pipeline still running %.1f s after the cancel: cancelling it", limit)
+        pipeline.cancel()
+        done, _ = await asyncio.wait({pipeline}, timeout=limit)
+    if not done:
+        log.error("voice pipeline ignored its cancellation: left behind")
+        return False
+    if not pipeline.cancelled() and (exc := pipeline.exception()) is not None:
+        log.debug("voice pipeline ended with %r", exc)
+    return True

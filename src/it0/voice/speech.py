@@ -373,9 +373,13 @@ class OfflineWhisperSTTService(SegmentedSTTService):
             return
         await self.start_processing_metrics()
         text = None
-        if self._early is not None and audio.startswith(self._early.audio):
-            # nothing but quiet came after the pause: the early run heard the whole utterance
-            text = await self._early.text
+        early = self._early
+        if early is not None and audio.startswith(early.audio):
+            # nothing but quiet came after the pause: the early run heard the whole utterance.
+            # wait() rather than await: a run cancelled elsewhere must not cancel this task
+            await asyncio.wait({early.text})
+            if not early.text.cancelled() and early.text.exception() is None:
+                text = early.text.result()
             if text is not None:
                 self.early_hits += 1
         await self._drop_early()
