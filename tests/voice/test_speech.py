@@ -376,3 +376,27 @@ def test_cloud_service_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch)
 def test_espeak_service_checks_its_voice_settings() -> None:
     with pytest.raises(ValueError, match="words a minute"):
         EspeakTTSService(rate=1000)
+
+
+async def test_stt_transcribes_at_the_stop_when_its_early_start_was_cancelled(
+    whisper: Any, speech: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the early run is cancelled from elsewhere (its task manager, say): the stage itself
+    # must go on and transcribe the whole utterance, not inherit that cancellation
+    stt = build_stt("whisper")
+    assert isinstance(stt, OfflineWhisperSTTService)
+    start_early = stt._start_early
+
+    async def start_then_lose() -> None:
+        await start_early()
+        if stt._early is not None:
+            stt._early.text.cancel()
+
+    monkeypatch.setattr(stt, "_start_early", start_then_lose)
+    frames = [*quiet(0.2), *audio_frames(speech), *quiet(0.6)]
+    # bounded: with the stage cancelled, the pipeline never finishes
+    down = await asyncio.wait_for(run_frames(Pipeline([vad(), stt]), frames), timeout=60)
+    texts = [f.text for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(texts) == 1
+    assert "disk" in texts[0].lower()
+    assert stt.early_hits == 0
