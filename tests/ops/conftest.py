@@ -84,6 +84,21 @@ class Ops:
         )
 
 
+def hold_results(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Commands still run on the hosts, but each result reaches the worker only once the
+    returned event is set."""
+    gate = asyncio.Event()
+    run_on = platform.executor.run_on
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        result = await run_on(*args, **kwargs)
+        await gate.wait()
+        return result
+
+    monkeypatch.setattr(platform.executor, "run_on", held)
+    return gate
+
+
 @pytest.fixture
 async def worker(platform: Platform) -> AsyncIterator[TaskRunner]:
     """A task worker on the platform's bus, as the worker role runs it."""

@@ -21,7 +21,7 @@ from it0.ops.scheduler import Scheduler
 from it0.platform import Platform
 from tests.auth.helpers import audit_events, code_of, member_headers
 from tests.execution.conftest import StartHosts
-from tests.ops.conftest import ORDERS, TASKS, Ops
+from tests.ops.conftest import ORDERS, TASKS, Ops, hold_results
 
 
 def order_body(workdir: Path, **overrides: Any) -> dict[str, Any]:
@@ -227,15 +227,7 @@ async def test_a_run_finishing_while_a_request_holds_its_order_does_not_deadlock
     await ops.add_hosts(sshd_hosts, 1, labels={"role": "web"})
     order = await active_order(ops, order_body(tmp_path, trigger=None, action=None))
     p = ops.platform
-    gate = asyncio.Event()
-    run_on = p.executor.run_on
-
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        result = await run_on(*args, **kwargs)
-        await gate.wait()
-        return result
-
-    monkeypatch.setattr(p.executor, "run_on", held)
+    gate = hold_results(p, monkeypatch)
     task = await ops.submit(targets="web-1", command=f"mkdir -p {tmp_path}/a", reason="r")
     assert task["status"] == "running"
     async with p.db.session() as session:

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -25,7 +24,7 @@ from it0.ops.tasks import TASK_READY, Requester, submit
 from it0.platform import Platform
 from tests.auth.helpers import audit_events, me
 from tests.execution.conftest import StartHosts
-from tests.ops.conftest import Ops
+from tests.ops.conftest import Ops, hold_results
 
 
 def queued(platform: Platform) -> list[str]:
@@ -149,15 +148,7 @@ async def test_a_worker_that_lost_its_task_keeps_the_sweeps_verdict(
     late result is stored and audited, but the verdict stays the sweep's."""
     await ops.add_hosts(sshd_hosts, 1)
     p = ops.platform
-    held = asyncio.Event()  # never set: the host's result waits until the worker gives up
-    run_on = p.executor.run_on
-
-    async def holding(*args: Any, **kwargs: Any) -> Any:
-        result = await run_on(*args, **kwargs)
-        await held.wait()
-        return result
-
-    monkeypatch.setattr(p.executor, "run_on", holding)
+    hold_results(p, monkeypatch)  # never released: the result waits until the worker gives up
     task = await ops.submit(targets="web-1", command="echo late")
     assert task["status"] == "running"
     later = utcnow() + timedelta(hours=1)
