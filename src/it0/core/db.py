@@ -37,6 +37,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from it0.core.settings import Settings
+from it0.core.sqlite import dbapi as sqlite_dbapi
 
 PLATFORM = "platform"
 TENANT = "tenant"
@@ -122,7 +123,9 @@ class Database:
             url = (
                 settings.database_url or f"sqlite+aiosqlite:///{settings.data_dir / 'platform.db'}"
             )
-            self.engine: AsyncEngine = create_async_engine(url, pool_size=8, max_overflow=8)
+            self.engine: AsyncEngine = create_async_engine(
+                url, pool_size=8, max_overflow=8, module=sqlite_dbapi()
+            )
             _install_sqlite_hooks(self.engine, self.tenant_dir)
             self.platform_schema: str | None = None
         else:
