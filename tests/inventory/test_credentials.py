@@ -379,6 +379,10 @@ async def test_create_use_and_delete_are_audited(
     await _open(platform, created["id"], server_id=server_id, purpose="task:7")
     used = (await client.get(f"{URL}/{created['id']}", headers=admin)).json()
     assert used["last_used_at"] is not None
+    # to the minute: a second use right after (every use is audited) leaves it as it was
+    await _open(platform, created["id"], server_id=server_id, purpose="task:8")
+    again = (await client.get(f"{URL}/{created['id']}", headers=admin)).json()
+    assert again["last_used_at"] == used["last_used_at"]
     assert (await client.delete(f"{URL}/{created['id']}", headers=admin)).status_code == 204
     async with platform.db.session(tenant.schema) as session:
         server = await session.get(Server, server_id)
@@ -396,7 +400,9 @@ async def test_create_use_and_delete_are_audited(
         "fingerprint": key.get_fingerprint("sha256"),
         "sudo": True,
     }
-    [use] = await audit_events(client, admin, "credential.use")
+    uses = await audit_events(client, admin, "credential.use")
+    assert sorted(u["summary"]["purpose"] for u in uses) == ["task:7", "task:8"]
+    use = next(u for u in uses if u["summary"]["purpose"] == "task:7")
     assert use["actor_name"] == "executor"
     assert use["summary"] == {"name": "ops", "server_id": str(server_id), "purpose": "task:7"}
     [delete] = await audit_events(client, admin, "credential.delete")

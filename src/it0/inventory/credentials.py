@@ -2,7 +2,7 @@
 
 The API is write-only for secrets: they go in with ``POST /api/v1/credentials`` and come
 back out only through ``open_credential``, which the executor calls to connect, and which
-records every use (``last_used_at`` and a ``credential.use`` audit event).
+records every use (a ``credential.use`` audit event; ``last_used_at`` to the minute).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 import asyncssh
@@ -30,6 +30,8 @@ from it0.core.schemas import Body
 from it0.inventory.models import Credential, Server
 from it0.inventory.vault import Slot
 from it0.platform import Platform
+
+LAST_USED_PRECISION = timedelta(seconds=60)
 
 CredentialKind = Literal["ssh_key", "password"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
@@ -287,7 +289,7 @@ async def open_credential(
     One decryption may serve many servers (a task on a fleet): ``servers`` names them all
     in the one audit event.
 
-    Needs a write session: it sets ``last_used_at`` and audits ``credential.use``.
+    Needs a write session: it audits ``credential.use`` and sets ``last_used_at``.
     """
     row = await get_credential(session, credential_id)
 
@@ -309,7 +311,9 @@ async def open_credential(
         password=secret if row.kind == "password" else None,
         sudo_password=await reveal(row.sudo_password, "sudo_password"),
     )
-    row.last_used_at = utcnow()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
+        row.last_used_at = now  # to the minute, as API keys: a fleet's tasks write it once
     await p.audit.record(
         session,
         tenant.pair,
