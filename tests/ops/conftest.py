@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from it0.ops.runner import TaskRunner
 from it0.platform import Platform
@@ -97,6 +98,21 @@ def hold_results(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> asyncio
 
     monkeypatch.setattr(platform.executor, "run_on", held)
     return gate
+
+
+async def until_a_lock_waits(p: Platform) -> None:
+    """Until some transaction waits for a lock (PostgreSQL); SQLite's writers queue at
+    BEGIN, so there a moment suffices."""
+    if p.db.engine.dialect.name != "postgresql":
+        await asyncio.sleep(0.3)
+        return
+    async with p.db.engine.connect() as conn:
+        for _ in range(200):
+            waiting = await conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("nothing ever waited for the lock held")
 
 
 @pytest.fixture

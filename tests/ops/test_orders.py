@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from it0.audit import Actor, AuditContext
 from it0.auth.tokens import find_tenant
@@ -18,10 +17,9 @@ from it0.core.clock import utcnow
 from it0.inventory.service import TenantRecorder
 from it0.ops.models import StandingOrder
 from it0.ops.scheduler import Scheduler
-from it0.platform import Platform
 from tests.auth.helpers import audit_events, code_of, member_headers
 from tests.execution.conftest import StartHosts
-from tests.ops.conftest import ORDERS, TASKS, Ops, hold_results
+from tests.ops.conftest import ORDERS, TASKS, Ops, hold_results, until_a_lock_waits
 
 
 def order_body(workdir: Path, **overrides: Any) -> dict[str, Any]:
@@ -203,21 +201,6 @@ async def test_rate_limit_turns_extra_runs_into_approvals(
     assert "rate limit" in task["authorization"]["not_covered"]
 
 
-async def _until_a_lock_waits(p: Platform) -> None:
-    """Until some transaction waits for a lock (PostgreSQL); SQLite's writers queue at
-    BEGIN, so there a moment suffices."""
-    if p.db.engine.dialect.name != "postgresql":
-        await asyncio.sleep(0.3)
-        return
-    async with p.db.engine.connect() as conn:
-        for _ in range(200):
-            waiting = await conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-            if waiting:
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError("nothing ever waited for the order held")
-
-
 async def test_a_run_finishing_while_a_request_holds_its_order_does_not_deadlock(
     ops: Ops, sshd_hosts: StartHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,7 +218,7 @@ async def test_a_run_finishing_while_a_request_holds_its_order_does_not_deadlock
     async with p.db.session(tenant.schema, write=True) as session:
         await session.get(StandingOrder, uuid.UUID(order["id"]), with_for_update=True)
         gate.set()  # the run ends and stores its result meanwhile
-        await _until_a_lock_waits(p)
+        await until_a_lock_waits(p)
         audit = TenantRecorder(p, session, tenant.pair, AuditContext(Actor.system("test")))
         await audit.record("order.inspected", "standing_order", order["id"], {})
     done = await ops.wait(task["id"])
@@ -385,7 +368,7 @@ async def test_an_alert_firing_while_a_request_holds_one_of_its_orders_does_not_
     async with p.db.session(tenant.schema, write=True) as session:
         await session.get(StandingOrder, uuid.UUID(second["id"]), with_for_update=True)
         firing = asyncio.create_task(Scheduler(p).on_event(alert))
-        await _until_a_lock_waits(p)
+        await until_a_lock_waits(p)
         audit = TenantRecorder(p, session, tenant.pair, AuditContext(Actor.system("test")))
         await audit.record("order.inspected", "standing_order", second["id"], {})
     await firing

@@ -16,6 +16,7 @@ from it0.audit import Actor, AuditContext
 from it0.auth.tokens import TenantRef, find_tenant
 from it0.core.bus import Message
 from it0.core.clock import utcnow
+from it0.inventory.models import Server
 from it0.inventory.service import TenantRecorder
 from it0.ops.models import Task
 from it0.ops.runner import TaskRunner, sweep
@@ -24,7 +25,8 @@ from it0.ops.tasks import TASK_READY, Requester, submit
 from it0.platform import Platform
 from tests.auth.helpers import audit_events, me
 from tests.execution.conftest import StartHosts
-from tests.ops.conftest import Ops, hold_results
+from tests.inventory.reaching import host_key
+from tests.ops.conftest import Ops, hold_results, until_a_lock_waits
 
 
 def queued(platform: Platform) -> list[str]:
@@ -168,3 +170,30 @@ async def test_a_worker_that_lost_its_task_keeps_the_sweeps_verdict(
         "task.interrupted",
         "task.finished_late",
     ]
+
+
+async def test_first_use_pins_lock_their_servers_before_any_audit(
+    ops: Ops, sshd_hosts: StartHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's first run pins each new host's key in its final store; a request holding
+    one of those servers while it writes audit must not deadlock with it (the pins used to
+    lock each server only when they reached it, after the first pin's audit event)."""
+    added = await ops.add_hosts(sshd_hosts, 2, labels={"role": "pinned"})
+    p = ops.platform
+    gate = hold_results(p, monkeypatch)
+    task = await ops.submit(targets="role=pinned", command="uptime")
+    assert task["status"] == "running"
+    tenant = await tenant_of(p)
+    async with p.db.session(tenant.schema, write=True) as session:
+        await session.get(Server, uuid.UUID(added[1]["id"]), with_for_update=True)
+        gate.set()  # the run ends and stores its result meanwhile
+        await until_a_lock_waits(p)
+        audit = TenantRecorder(p, session, tenant.pair, AuditContext(Actor.system("test")))
+        await audit.record("server.inspected", "server", added[1]["id"], {})
+    done = await ops.wait(task["id"])
+    assert done["status"] == "succeeded", done
+    pins = await audit_events(ops.client, ops.admin, "server.hostkey.pinned")
+    assert sorted(e["summary"]["name"] for e in pins) == ["web-1", "web-2"]
+    for server in added:
+        key = await host_key(ops.client, ops.admin, server["id"])
+        assert key["host_key"] is not None

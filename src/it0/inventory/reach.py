@@ -329,7 +329,8 @@ async def import_known_hosts(audit: Recorder, text: str, *, source: str) -> Know
     report = KnownHostsReport(skipped_lines=skipped)
     servers = (
         await audit.session.scalars(
-            select(Server).where(Server.kind == "ssh").order_by(Server.name)
+            # locked before the first pin is audited (row locks before the chain's lock)
+            select(Server).where(Server.kind == "ssh").order_by(Server.name).with_for_update()
         )
     ).all()
     for server in servers:

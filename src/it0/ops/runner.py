@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from it0.audit import Actor, AuditContext
 from it0.auth.errors import UnknownTenant
@@ -797,13 +798,24 @@ async def _store_hosts(
 async def _pin_new_keys(
     audit: TenantRecorder, plan: Plan, outcomes: dict[uuid.UUID, HostOutcome]
 ) -> None:
+    """Pin the keys hosts presented on first use. Their rows are locked together before the
+    first pin is audited: row locks before the audit chain's lock, as everywhere."""
+    keys = {h.server_id: k for h in plan.hosts if (k := outcomes[h.server_id].host_key)}
+    if not keys:
+        return
+    locked = await audit.session.scalars(
+        select(Server)
+        .where(Server.id.in_(keys))
+        .order_by(Server.name)  # the order every multi-server lock takes
+        .with_for_update()
+        .options(defer(Server.facts, raiseload=True))
+        .execution_options(populate_existing=True)
+    )
+    servers = {server.id: server for server in locked}
     for host in plan.hosts:
-        key = outcomes[host.server_id].host_key
-        if key is None:
-            continue
-        server = await audit.session.get(Server, host.server_id)
-        if server is not None and server.host_key is None:
-            await pin_host_key(audit, server, key, source="first use")
+        server = servers.get(host.server_id)
+        if server is not None and host.server_id in keys and server.host_key is None:
+            await pin_host_key(audit, server, keys[host.server_id], source="first use")
 
 
 async def _order_outcome(
