@@ -128,6 +128,10 @@ class VerifyResult:
             self.first_bad_seq, self.problem = seq, problem
 
 
+# built once: the head is read by every transaction that audits
+_HEAD = select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+
+
 class AuditTrail:
     """Writes and verifies the audit chains of all tenants."""
 
@@ -163,11 +167,7 @@ class AuditTrail:
         head = heads.get(schema)
         if head is None:
             await self._lock(session, schema)
-            row = (
-                await session.execute(
-                    select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-                )
-            ).first()
+            row = (await session.execute(_HEAD)).first()
             head = (row[0], row[1]) if row else (0, GENESIS)
         seq, prev_hash = head[0] + 1, head[1]
         event = AuditEvent(
@@ -200,11 +200,7 @@ class AuditTrail:
         """Sign the current head unless it is already checkpointed (used at shutdown)."""
         slug, schema = tenant
         await self._lock(session, schema)
-        head = (
-            await session.execute(
-                select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-            )
-        ).first()
+        head = (await session.execute(_HEAD)).first()
         if head is None:
             return None
         last = await session.scalar(

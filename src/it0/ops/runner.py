@@ -51,11 +51,32 @@ EXEMPT = {"it0_audit_exempt": True}
 DONE_HOST = frozenset({"ok", "failed", "unreachable"})
 
 
-# Host rows and output go through Core statements: ORM bulk statements cost about twice the
-# time on the task's critical path, and these rows have no behaviour to load.
+# Host rows, output and the verdict go through Core statements built once: ORM bulk
+# statements cost about twice the time on the task's critical path, and building a
+# statement costs about as much as running it.
 _HOSTS: Any = TaskHost.__table__
 _OUTPUT: Any = TaskOutput.__table__
+_TASKS: Any = Task.__table__
+_INSERT_HOSTS = insert(_HOSTS)
+_INSERT_OUTPUT = insert(_OUTPUT)
 _UPDATE_HOST = update(_HOSTS).where(_HOSTS.c.id == bindparam("row_id"))
+# the verdict, only while the task is still this worker's
+_VERDICT = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.id == bindparam("task_id"),
+        _TASKS.c.status == "running",
+        _TASKS.c.worker_id == bindparam("worker"),
+    )
+    .values(
+        status=bindparam("verdict"),
+        finished_at=bindparam("at"),
+        counts=bindparam("tally"),
+        lease_until=None,
+        message=bindparam("note"),
+    )
+    .returning(_TASKS.c.standing_order_id, _TASKS.c.authorization)
+)
 
 
 def worker_identity() -> str:
@@ -262,7 +283,7 @@ class TaskRunner:
         task.lease_until = now + timedelta(seconds=self.p.settings.task_lease_seconds)
         await session.flush()  # the task's row (a new one is inserted as running) before its hosts
         await session.execute(  # one executemany: this is on every task's critical path
-            insert(_HOSTS),
+            _INSERT_HOSTS,
             [
                 {
                     "id": h.row_id,
@@ -485,21 +506,15 @@ class TaskRunner:
             # the verdict, only while the task is still this worker's (one statement)
             verdict = (
                 await session.execute(
-                    update(Task)
-                    .where(
-                        Task.id == plan.task_id,
-                        Task.status == "running",
-                        Task.worker_id == self.worker_id,
-                    )
-                    .values(
-                        status=status,
-                        finished_at=now,
-                        counts=counts,
-                        lease_until=None,
-                        message=message,
-                    )
-                    .returning(Task.standing_order_id, Task.authorization),
-                    execution_options={"synchronize_session": False},
+                    _VERDICT,
+                    {
+                        "task_id": plan.task_id,
+                        "worker": self.worker_id,
+                        "verdict": status,
+                        "at": now,
+                        "tally": counts,
+                        "note": message,
+                    },
                 )
             ).first()
             rows = live.drain()
@@ -507,7 +522,7 @@ class TaskRunner:
                 done = {"status": status, "counts": counts, "message": message}
                 rows.append({"task_id": plan.task_id, "kind": "status", "data": done, "at": now})
             if rows:
-                await session.execute(insert(_OUTPUT), rows)
+                await session.execute(_INSERT_OUTPUT, rows)
             await _store_hosts(session, plan, outcomes)
             if verdict is None:
                 # interrupted meanwhile (this worker lost its lease): keep that verdict
@@ -640,7 +655,7 @@ class LiveWriter:
         renewed = False
         async with self.p.db.session(self.tenant.schema, write=True) as session:
             if rows or hosts:
-                await session.execute(insert(_OUTPUT), self._rows(rows, hosts))
+                await session.execute(_INSERT_OUTPUT, self._rows(rows, hosts))
             if hosts:
                 await session.execute(
                     _UPDATE_HOST,
