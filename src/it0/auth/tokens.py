@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import Actor, AuditContext
@@ -295,6 +295,16 @@ async def logout(
 # --- bearer credentials -> principal --------------------------------------------------------
 
 
+# built once: every request with an access token runs it
+_ACCESS = (
+    select(User, Membership.role, Tenant, TokenFamily.revoked_at)
+    .join(Membership, Membership.user_id == User.id)
+    .join(Tenant, Tenant.id == Membership.tenant_id)
+    .join(TokenFamily, TokenFamily.id == bindparam("family_id"))
+    .where(User.id == bindparam("user_id"), Tenant.id == bindparam("tenant_id"))
+)
+
+
 async def authenticate(p: Platform, session: AsyncSession, credential: str) -> Principal:
     """Resolve a JWT access token or an API key, in a session bound to its tenant."""
     if credential.startswith(API_KEY_MARK):
@@ -302,11 +312,12 @@ async def authenticate(p: Platform, session: AsyncSession, credential: str) -> P
     claims = p.signer.verify(credential)
     row = (
         await session.execute(
-            select(User, Membership.role, Tenant, TokenFamily.revoked_at)
-            .join(Membership, Membership.user_id == User.id)
-            .join(Tenant, Tenant.id == Membership.tenant_id)
-            .join(TokenFamily, TokenFamily.id == uuid.UUID(claims.family_id))
-            .where(User.id == uuid.UUID(claims.user_id), Tenant.id == uuid.UUID(claims.tenant_id))
+            _ACCESS,
+            {
+                "user_id": uuid.UUID(claims.user_id),
+                "tenant_id": uuid.UUID(claims.tenant_id),
+                "family_id": uuid.UUID(claims.family_id),
+            },
         )
     ).first()
     if row is None:

@@ -335,6 +335,12 @@ def as_selector(selector: Selector | str | None) -> Selector:
     return selector if isinstance(selector, Selector) else parse_selector(selector)
 
 
+# each server with its cluster, in one query: labels are inherited from the cluster (built
+# once; ``_JOINED_REACH`` leaves the gathered facts unloaded)
+_JOINED = select(Server, Cluster).outerjoin(Cluster, Server.cluster_id == Cluster.id)
+_JOINED_REACH = _JOINED.options(defer(Server.facts, raiseload=True))
+
+
 async def resolve(
     session: AsyncSession, selector: Selector | str, *, facts: bool = True
 ) -> list[Server]:
@@ -356,11 +362,7 @@ async def resolve_page(
     """A page of selected servers ordered by name, after the name ``after``, and the cursor
     of the next page (None on the last one)."""
     selector = as_selector(selector)
-    # each server with its cluster, in one query: labels are inherited from the cluster
-    joined = select(Server, Cluster).outerjoin(Cluster, Server.cluster_id == Cluster.id)
-    if not facts:
-        joined = joined.options(defer(Server.facts, raiseload=True))
-    query = _narrowed(joined, selector).order_by(Server.name)
+    query = _narrowed(_JOINED if facts else _JOINED_REACH, selector).order_by(Server.name)
     batch = None if limit is None else max(limit + 1, 200)
     found: list[Server] = []
     while limit is None or len(found) <= limit:

@@ -14,9 +14,11 @@ from it0.ops.errors import OpsNotFound
 from it0.ops.models import PolicyRule
 from it0.ops.policy import Policy, RuleSpec, relaxes
 
+_RULES = select(PolicyRule).order_by(PolicyRule.id)  # read by every submission
+
 
 async def tenant_rules(session: AsyncSession) -> list[PolicyRule]:
-    return list((await session.scalars(select(PolicyRule).order_by(PolicyRule.id))).all())
+    return list((await session.scalars(_RULES)).all())
 
 
 async def tenant_policy(session: AsyncSession) -> Policy:
