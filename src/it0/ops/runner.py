@@ -312,7 +312,8 @@ class TaskRunner:
                 "authorization": task.authorization,
             },
         )
-        session.add(TaskOutput(task_id=task.id, kind="status", data={"status": "running"}, at=now))
+        running = {"task_id": task.id, "kind": "status", "data": {"status": "running"}, "at": now}
+        await session.execute(_INSERT_OUTPUT, [running])
 
     async def _fail_claim(self, tenant: TenantRef, task_id: uuid.UUID, exc: Exception) -> None:
         with contextlib.suppress(Exception):  # the database may be what failed
