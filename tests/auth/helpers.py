@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -194,6 +195,20 @@ def _walk(dependant: Dependant, depth: int = 0) -> Iterator[tuple[int, object]]:
     for sub in dependant.dependencies:
         yield depth, sub.call
         yield from _walk(sub, depth + 1)
+
+
+def sync_calls(app: FastAPI) -> set[str]:
+    """Endpoints and dependencies that FastAPI would run in its thread pool (plain functions),
+    each named once."""
+    found = set()
+    for route in api_routes(app):
+        calls = [route.dependant.call, *(call for _, call in _walk(route.dependant))]
+        for call in calls:
+            # a dependency class instance is called through its __call__
+            target = call if inspect.isfunction(call) else type(call).__call__
+            if not (inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)):
+                found.add(getattr(call, "__qualname__", type(call).__qualname__))
+    return found
 
 
 def declarations(route: RouteInfo) -> list[Require | Public]:

@@ -21,6 +21,7 @@ from tests.auth.helpers import (
     declarations,
     new_uuid,
     other_routes,
+    sync_calls,
 )
 from tests.conftest import make_settings
 
@@ -54,6 +55,11 @@ def test_public_routes_are_exactly_the_allowed_ones(app: FastAPI) -> None:
         route.path for route in api_routes(app) if isinstance(declarations(route)[0], Public)
     }
     assert public_paths == ALLOWED_PUBLIC
+
+
+def test_no_endpoint_or_dependency_runs_in_the_thread_pool(app: FastAPI) -> None:
+    """FastAPI runs a plain function in its thread pool, a hop per request and call."""
+    assert sync_calls(app) == set()
 
 
 def test_only_the_docs_and_sockets_are_not_api_routes(app: FastAPI) -> None:

@@ -147,7 +147,7 @@ def _session_public(row: AgentSession) -> dict[str, Any]:
     }
 
 
-def conversations(request: Request) -> Conversations:
+async def conversations(request: Request) -> Conversations:
     found: Conversations = request.app.state.conversations
     return found
 

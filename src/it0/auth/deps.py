@@ -34,7 +34,8 @@ from it0.platform import Platform
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    # async, as every dependency here: FastAPI runs a plain function in its thread pool
     platform: Platform = request.app.state.platform
     return platform
 

@@ -21,7 +21,7 @@ Caller = Annotated[Principal, require("voice:use")]
 CallId = Annotated[uuid.UUID, Path(description="the voice session's id")]
 
 
-def gateway(request: Request) -> VoiceGateway:
+async def gateway(request: Request) -> VoiceGateway:
     found: VoiceGateway = request.app.state.voice
     return found
 
