@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import threading
 import wave
 from collections.abc import Iterator
@@ -212,12 +213,24 @@ def test_a_command_that_needs_approval_shows_how_to_approve(site: Site, tmp_path
     assert not marker.exists()
 
 
+# runs the rest of its arguments with SIGINT ignored, as a non-interactive shell starts a
+# background job
+SIGINT_IGNORED = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 async def _call_until(
-    env: dict[str, str], *args: str, final: bool = False
+    env: dict[str, str], *args: str, final: bool = False, sigint_ignored: bool = False
 ) -> asyncio.subprocess.Process:
     """``it0 call --json`` with a typed question, once the answer has begun (``final``: once
     all of its text has come; its voice is still playing then)."""
+    prefix = SIGINT_IGNORED if sigint_ignored else []
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         *it0_command("call", "--text", QUESTION, "--json", *args),
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -315,8 +328,9 @@ async def test_a_line_that_stays_down_fails_after_five_attempts(site: Site) -> N
     assert lines[-1] == "error: connection failed: no connection after 5 attempts"
 
 
-async def test_ctrl_c_hangs_up(site: Site) -> None:
-    proc = await _call_until(site.env())
+@pytest.mark.parametrize("ignored", [False, True], ids=["sigint", "sigint-ignored-at-start"])
+async def test_ctrl_c_hangs_up(site: Site, ignored: bool) -> None:
+    proc = await _call_until(site.env(), sigint_ignored=ignored)
     proc.send_signal(signal.SIGINT)
     _, notes = await _finish(proc, 30)
     assert proc.returncode == 130, notes

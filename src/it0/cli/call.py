@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import json
 import logging
+import signal
 import sys
 import time
 import wave
@@ -494,6 +495,7 @@ def call(
     if audio_out is not None and not audio_out.parent.is_dir():
         _fail(f"{audio_out.parent} is not a directory")
     headless = audio_in is not None or text is not None
+    _hang_up_on_ctrl_c()
     try:
         question: bytes | str | None = read_wav(audio_in) if audio_in is not None else text
     except CallFailed as exc:
@@ -535,6 +537,15 @@ def call(
         raise typer.Exit(130 if headless else 0) from None
     _keep(audio_out, answer, view)
     raise typer.Exit(code)
+
+
+def _hang_up_on_ctrl_c() -> None:
+    """Ctrl-C hangs up, even when the call was started with SIGINT ignored or blocked (as a
+    non-interactive shell starts its background jobs): Python then never raises
+    KeyboardInterrupt, and the call would go on."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _keep(path: Path | None, answer: Answer, view: CallView) -> None:
