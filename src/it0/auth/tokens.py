@@ -292,6 +292,11 @@ async def logout(
     )
 
 
+# a key's or a credential's last use is stamped to the minute: every use is audited, and
+# rewriting the row on each request of a burst costs a write per request
+LAST_USED_PRECISION = timedelta(seconds=60)
+
+
 # --- bearer credentials -> principal --------------------------------------------------------
 
 
@@ -395,7 +400,7 @@ async def _authenticate_key(p: Platform, session: AsyncSession, key: str) -> Pri
         session, creator_role
     )
     ref = TenantRef(tenant.id, tenant.slug, tenant.schema_name)
-    if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(seconds=60):
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_PRECISION:
         touch = update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
         if session.info.get("write"):
             await session.execute(touch, execution_options={"it0_audit_exempt": True})

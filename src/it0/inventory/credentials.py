@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 import asyncssh
@@ -23,15 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from it0.audit import AuditContext
 from it0.auth.deps import Audit, PlatformDep, TenantSession, require
-from it0.auth.tokens import Principal, TenantRef
+from it0.auth.tokens import LAST_USED_PRECISION, Principal, TenantRef
 from it0.core.clock import utcnow, uuid7
 from it0.core.errors import ConflictError, NotFoundError, ValidationFailed
 from it0.core.schemas import Body
 from it0.inventory.models import Credential, Server
 from it0.inventory.vault import Slot
 from it0.platform import Platform
-
-LAST_USED_PRECISION = timedelta(seconds=60)
 
 CredentialKind = Literal["ssh_key", "password"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
